@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# THE test command (the README names it). Installs what it needs on a fresh machine, then runs
+# the kernel tests on the Triton backend (natively on a CUDA machine, through Triton's interpreter
+# otherwise), the rest of the suite, and the CPU benchmarks once each as a smoke test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+
+has_cuda_gpu() { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }
+
+if ! $PY -c "import torch" 2>/dev/null; then
+  if has_cuda_gpu; then
+    $PY -m pip install -q torch
+  else
+    $PY -m pip install -q torch==2.13.0  # the CPU build
+  fi
+fi
+if ! $PY -c "import dalle_kernels, dalle_fast, triton, pytest, pytest_benchmark, hypothesis" 2>/dev/null; then
+  $PY -m pip install -q -e ".[test,bench]"
+fi
+
+if $PY -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  echo "== kernel tests: Triton on the GPU"
+  DALLE_KERNELS_BACKEND=triton $PY -m pytest -q tests/kernels
+else
+  echo "== kernel tests: Triton interpreter on the CPU"
+  DALLE_KERNELS_BACKEND=triton TRITON_INTERPRET=1 $PY -m pytest -q tests/kernels
+fi
+echo "== other tests"
+$PY -m pytest -q tests --ignore=tests/kernels
+echo "== benchmarks (smoke: each once, no timing)"
+$PY -m pytest -q benchmarks --benchmark-disable

@@ -1,0 +1,30 @@
+"""Installs two packages: `dalle_kernels` (from kernels/) and `dalle_fast`.
+
+`kernels/` is installed under the name `dalle_kernels` only: a top-level package named
+`kernels` belongs to another PyPI project that transformers imports.
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="dalle_fast",
+    version="0.1.0",
+    description="DALL-E (Ramesh et al. 2021) on custom Triton kernels",
+    python_requires=">=3.10",
+    packages=["dalle_kernels"]
+    + ["dalle_kernels." + name for name in find_packages("kernels")]
+    + find_packages(include=["dalle_fast", "dalle_fast.*"]),
+    package_dir={"dalle_kernels": "kernels", "dalle_fast": "dalle_fast"},
+    install_requires=[
+        "torch>=2.4",
+        "triton>=3.3",
+        "numpy",
+        "tokenizers",
+        "safetensors",
+        "pillow",
+        "tqdm",
+    ],
+    extras_require={
+        "test": ["pytest", "hypothesis"],
+        "bench": ["pytest", "pytest-benchmark"],
+    },
+)
