@@ -3,6 +3,7 @@ import torch
 
 from ..._checks import INDEX_DTYPES, check_codebook, check_same_device, check_tensor, normalize_dim
 from ...backend import backend_for
+from .kernel import CodebookLookupFunction
 from .reference import codebook_lookup_reference
 
 
@@ -26,6 +27,5 @@ def codebook_lookup(indices: torch.Tensor, codebook: torch.Tensor, dim: int = -1
     dim = normalize_dim(dim, indices.ndim + 1)
     check_indices_in_range(indices, codebook.shape[0])
     if backend_for(codebook) == "triton":
-        from .kernel import CodebookLookupFunction
         return CodebookLookupFunction.apply(indices, codebook, dim)
     return codebook_lookup_reference(indices, codebook, dim)

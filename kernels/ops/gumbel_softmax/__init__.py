@@ -2,8 +2,9 @@
 import torch
 
 from ..._checks import FLOAT_DTYPES, check_generator, check_noise, check_nonempty_axis, check_tau, check_tensor, normalize_dim
-from ..._noise import draw_seed, uniform_noise
+from ..._gumbel import draw_seed, uniform_noise
 from ...backend import backend_for
+from .kernel import GumbelSoftmaxFunction
 from .reference import gumbel_softmax_reference
 
 
@@ -35,7 +36,8 @@ def gumbel_softmax(logits: torch.Tensor, tau: float = 1.0, hard: bool = False, d
     tau, dim = check_gumbel_args(logits, tau, hard, dim, noise, generator)
     seed = draw_seed(generator) if noise is None else 0
     if backend_for(logits) == "triton":
-        from .kernel import GumbelSoftmaxFunction
+        if not torch.is_grad_enabled():  # no graph will be built: keep the forward from saving for a backward
+            logits = logits.detach()
         return GumbelSoftmaxFunction.apply(logits, tau, hard, dim, noise, seed)
     if noise is None:
         noise = uniform_noise(logits.shape, seed, logits.device)

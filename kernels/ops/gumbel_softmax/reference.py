@@ -1,7 +1,7 @@
 """PyTorch reference of ``gumbel_softmax``: the formula, in float32, materializing everything."""
 import torch
 
-from ..._noise import gumbel_from_uniform_reference
+from ..._gumbel import gumbel_from_uniform_reference
 
 
 def soft_gumbel_softmax_reference(logits: torch.Tensor, tau: float, dim: int, noise: torch.Tensor) -> torch.Tensor:

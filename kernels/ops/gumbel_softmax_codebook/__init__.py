@@ -2,9 +2,10 @@
 import torch
 
 from ..._checks import check_codebook, check_same_device
-from ..._noise import draw_seed, uniform_noise
+from ..._gumbel import draw_seed, uniform_noise
 from ...backend import backend_for
 from ..gumbel_softmax import check_gumbel_args
+from .kernel import GumbelSoftmaxCodebookFunction
 from .reference import gumbel_softmax_codebook_reference
 
 
@@ -28,7 +29,8 @@ def gumbel_softmax_codebook(logits: torch.Tensor, codebook: torch.Tensor, tau: f
                          f"categories along dim {dim}")
     seed = draw_seed(generator) if noise is None else 0
     if backend_for(logits) == "triton":
-        from .kernel import GumbelSoftmaxCodebookFunction
+        if not torch.is_grad_enabled():  # no graph will be built: keep the forward from saving for a backward
+            logits, codebook = logits.detach(), codebook.detach()
         return GumbelSoftmaxCodebookFunction.apply(logits, codebook, tau, hard, dim, noise, seed)
     if noise is None:
         noise = uniform_noise(logits.shape, seed, logits.device)

@@ -3,6 +3,7 @@ import torch
 
 from ..._checks import FLOAT_DTYPES, check_codebook, check_same_device, check_tensor, normalize_dim
 from ...backend import backend_for
+from .kernel import NearestCodebookFunction
 from .reference import nearest_codebook_reference
 
 
@@ -22,6 +23,5 @@ def nearest_codebook(x: torch.Tensor, codebook: torch.Tensor, dim: int = -1) -> 
     if x.shape[dim] != codebook.shape[1]:
         raise ValueError(f"x: vector size {x.shape[dim]} along dim {dim} does not match codebook D={codebook.shape[1]}")
     if backend_for(x) == "triton":
-        from .kernel import NearestCodebookFunction
         return NearestCodebookFunction.apply(x, codebook, dim)
     return nearest_codebook_reference(x, codebook, dim)
