@@ -317,7 +317,11 @@ def test_large_k_few_rows(device):
 def test_temperature_extremes(device):
     shape = (23, 70)
     logits, noise = torch.randn(shape, device=device), uniform(shape, device)
-    cold = check_soft_forward(logits, noise, 1e-3, -1)
+    # At tau = 1e-3 the float32 rounding of logits + g (~1e-7 relative) is amplified 1000x in z, so
+    # rows with a near tie differ from float64 by ~1e-4: the error bound scales with 1 / tau.
+    cold = dk.gumbel_softmax(logits, 1e-3, noise=noise)
+    assert_close(cold, gumbel_softmax_reference(logits, 1e-3, False, -1, noise), torch.float32, "cold", 1e3)
+    assert_close(cold, float64_gumbel_softmax(logits, noise, 1e-3, -1), torch.float32, "cold", 1e3)
     hard = dk.gumbel_softmax(logits, 1e-3, True, noise=noise)
     top2 = (logits.double() - torch.log(-torch.log(noise.double()))).topk(2, -1).values
     clear = top2[:, 0] - top2[:, 1] > 0.05  # z gap > 50: one-hot up to exp(-50)

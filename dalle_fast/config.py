@@ -1,0 +1,471 @@
+"""Configuration: frozen dataclasses, four presets, and a ``config.json`` round trip.
+
+``preset(name)`` returns the :class:`Config` of one of the presets of DESIGN section 5:
+
+========  ========  ==========  ========  ========  ===================================================
+preset    image px  token grid  codebook  text_len  use
+========  ========  ==========  ========  ========  ===================================================
+tiny      32        4x4         64        16        tests and CI; each stage trains in about a minute
+                                                    on 2 CPU cores
+demo      64        8x8         512       32        default of ``python -m dalle_fast.train``; CPU in
+                                                    minutes, GPU in seconds
+gpu       256       32x32       8192      256       one GPU, paper-shaped at small width
+paper     256       32x32       8192      256       the 12B model (64 layers, 62 heads of 64, d 3968)
+========  ========  ==========  ========  ========  ===================================================
+
+Every section validates itself in ``__post_init__`` and raises ``ValueError`` naming the field
+(``VAEConfig.grid_size: ...``); :meth:`Config.load` also names the key path in the file
+(``vae.optim.lr``). Sections are frozen: derive variants with :func:`dataclasses.replace`.
+Schedule lengths are fractions of the stage's ``optim.steps``, so shortening a run keeps them
+consistent.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+CONFIG_FILE = "config.json"
+SPLITS = ("train", "val", "test")
+
+# (color, shape) pairs never shown in the shapes train split (they do appear in val and test): the
+# zero-shot composition probe. One per shape, four different colors, so every color and every
+# shape is still seen in training with other partners.
+DEFAULT_HOLDOUT: tuple[tuple[str, str], ...] = (
+    ("red", "triangle"),
+    ("green", "square"),
+    ("blue", "circle"),
+    ("yellow", "diamond"),
+)
+
+
+class _Section:
+    """Base of all config sections: type checks of the annotated fields (ints stay ints, ints
+    given for floats become floats, Literal fields must take one of their values; nested
+    sections must be of their class). Other field types are checked by the section itself."""
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            self._check_type(f.name, hints[f.name])
+
+    def _fail(self, name: str, message: str) -> typing.NoReturn:
+        raise ValueError(f"{type(self).__name__}.{name}: {message}")
+
+    def _check_type(self, name: str, hint: Any) -> None:
+        value = getattr(self, name)
+        if hint is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                self._fail(name, f"must be a finite number, got {value!r}")
+            object.__setattr__(self, name, float(value))
+        elif hint in (int, str, bool):
+            if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+                self._fail(name, f"must be of type {hint.__name__}, got {value!r}")
+        elif typing.get_origin(hint) is Literal:
+            if value not in typing.get_args(hint):
+                self._fail(name, f"must be one of {list(typing.get_args(hint))}, got {value!r}")
+        elif dataclasses.is_dataclass(hint) and not isinstance(value, hint):
+            self._fail(name, f"must be a {hint.__name__}, got {type(value).__name__}")
+
+    def _require(self, name: str, ok: bool, what: str) -> None:
+        if not ok:
+            self._fail(name, f"must be {what}, got {getattr(self, name)!r}")
+
+
+@dataclass(frozen=True)
+class OptimConfig(_Section):
+    """AdamW with linear warmup then cosine decay from ``lr`` to ``lr_min`` over ``steps`` updates."""
+
+    steps: int
+    batch_size: int
+    lr: float
+    lr_min: float = 0.0
+    warmup_fraction: float = 0.0
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    grad_clip: float = 0.0  # max global gradient norm; 0 disables clipping
+    ema_decay: float = 0.0  # decay of an exponential moving average of the weights; 0 disables it
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._require("steps", self.steps >= 1, ">= 1")
+        self._require("batch_size", self.batch_size >= 1, ">= 1")
+        self._require("lr", self.lr > 0, "> 0")
+        self._require("lr_min", 0 <= self.lr_min <= self.lr, "in [0, lr]")
+        self._require("warmup_fraction", 0 <= self.warmup_fraction <= 1, "in [0, 1]")
+        self._require("weight_decay", self.weight_decay >= 0, ">= 0")
+        self._require("beta1", 0 <= self.beta1 < 1, "in [0, 1)")
+        self._require("beta2", 0 <= self.beta2 < 1, "in [0, 1)")
+        self._require("eps", self.eps > 0, "> 0")
+        self._require("grad_clip", self.grad_clip >= 0, ">= 0 (0 disables clipping)")
+        self._require("ema_decay", 0 <= self.ema_decay < 1, "in [0, 1) (0 disables the EMA)")
+
+
+@dataclass(frozen=True)
+class DataConfig(_Section):
+    """Which data to train on. ``dataset`` is ``"shapes"`` (built in) or a path to user data.
+
+    ``holdout``: (color, shape) pairs kept out of the shapes train split (names are checked
+    against the shapes vocabulary when the dataset is built). ``*_size``: samples per split (the
+    shapes data is procedural, so these are epoch lengths, not limits of the data).
+    """
+
+    dataset: str = "shapes"
+    holdout: tuple[tuple[str, str], ...] = DEFAULT_HOLDOUT
+    train_size: int = 50_000
+    val_size: int = 1_000
+    test_size: int = 1_000
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._require("dataset", bool(self.dataset), "a dataset name or path")
+        pairs = self.holdout
+        if isinstance(pairs, (str, bytes)) or not isinstance(pairs, (list, tuple)) or not all(
+            isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(s, str) for s in p) for p in pairs
+        ):
+            self._fail("holdout", f"must be a list of [color, shape] pairs, got {pairs!r}")
+        holdout = tuple(tuple(p) for p in pairs)  # JSON gives lists; keep tuples for equality
+        self._require("holdout", len(set(holdout)) == len(holdout), "free of duplicate pairs")
+        object.__setattr__(self, "holdout", holdout)
+        for split in SPLITS:
+            self._require(f"{split}_size", self.split_size(split) >= 1, ">= 1")
+
+    def split_size(self, split: str) -> int:
+        """Number of samples of ``split`` (one of ``SPLITS``)."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+        return getattr(self, f"{split}_size")
+
+
+@dataclass(frozen=True)
+class VAEConfig(_Section):
+    """The discrete VAE (OpenAI dVAE structure) and its objective.
+
+    Images of ``image_size`` px are encoded to a ``grid_size`` x ``grid_size`` grid of tokens out of
+    ``codebook_size`` codes; the encoder has ``num_groups`` groups of ``blocks_per_group`` bottleneck
+    residual blocks with a 2x max-pool between groups, group g being ``hidden * 2**g`` channels
+    wide. The decoder's first 1x1 conv maps a code to ``codebook_dim`` channels: its weight is the
+    ``(codebook_size, codebook_dim)`` codebook. The Gumbel-softmax temperature follows a cosine
+    from ``tau_start`` to ``tau_end`` over the first ``tau_anneal_fraction`` of training, the KL
+    weight a cosine from 0 to ``kl_weight`` (the paper's beta) over ``kl_warmup_fraction``.
+    """
+
+    image_size: int
+    grid_size: int
+    codebook_size: int
+    hidden: int
+    blocks_per_group: int
+    optim: OptimConfig
+    codebook_dim: int = 128
+    kl_weight: float = 6.6
+    kl_warmup_fraction: float = 5_000 / 3_000_000
+    tau_start: float = 1.0
+    tau_end: float = 1 / 16
+    tau_anneal_fraction: float = 150_000 / 3_000_000
+    logit_laplace_eps: float = 0.1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._require("image_size", self.image_size >= 1, ">= 1")
+        self._require("grid_size", self.grid_size >= 1, ">= 1")
+        ratio, rest = divmod(self.image_size, self.grid_size)
+        if rest or ratio & (ratio - 1):
+            self._fail("grid_size", f"image_size {self.image_size} must be grid_size {self.grid_size} times "
+                                    "a power of two (the encoder halves the resolution between groups)")
+        self._require("codebook_size", self.codebook_size >= 2, ">= 2")
+        self._require("hidden", self.hidden >= 4 and self.hidden % 4 == 0,
+                      "a positive multiple of 4 (bottleneck blocks are hidden/4 wide)")
+        self._require("blocks_per_group", self.blocks_per_group >= 1, ">= 1")
+        self._require("codebook_dim", self.codebook_dim >= 1, ">= 1")
+        self._require("kl_weight", self.kl_weight >= 0, ">= 0")
+        self._require("kl_warmup_fraction", 0 <= self.kl_warmup_fraction <= 1, "in [0, 1]")
+        self._require("tau_start", self.tau_start > 0, "> 0")
+        self._require("tau_end", 0 < self.tau_end <= self.tau_start, "in (0, tau_start]")
+        self._require("tau_anneal_fraction", 0 <= self.tau_anneal_fraction <= 1, "in [0, 1]")
+        self._require("logit_laplace_eps", 0 <= self.logit_laplace_eps < 0.5, "in [0, 0.5)")
+
+    @property
+    def downsample(self) -> int:
+        """Pixels per token along a side: ``image_size // grid_size``."""
+        return self.image_size // self.grid_size
+
+    @property
+    def num_groups(self) -> int:
+        """Encoder groups: one per resolution, ``log2(downsample) + 1``."""
+        return self.downsample.bit_length()
+
+
+@dataclass(frozen=True)
+class TransformerConfig(_Section):
+    """The decoder-only transformer over ``text_len`` text tokens then the image tokens.
+
+    ``attention``: ``"sparse"`` follows the paper's row/column/conv layer schedule (DESIGN section
+    3, conv neighbourhood ``conv_kernel``), ``"full"`` makes every layer dense causal.
+    ``text_vocab`` is the BPE vocabulary size, not counting the ``text_len`` per-position padding
+    tokens; ``bpe_dropout`` applies to tokenization while the transformer trains.
+    """
+
+    layers: int
+    heads: int
+    head_dim: int
+    text_len: int
+    text_vocab: int
+    optim: OptimConfig
+    mlp_ratio: int = 4
+    conv_kernel: int = 11
+    attention: Literal["sparse", "full"] = "sparse"
+    dropout: float = 0.0
+    bpe_dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("layers", "heads", "head_dim", "text_len", "text_vocab", "mlp_ratio"):
+            self._require(name, getattr(self, name) >= 1, ">= 1")
+        self._require("conv_kernel", self.conv_kernel >= 1 and self.conv_kernel % 2 == 1, "odd and >= 1")
+        self._require("dropout", 0 <= self.dropout < 1, "in [0, 1)")
+        self._require("bpe_dropout", 0 <= self.bpe_dropout < 1, "in [0, 1)")
+
+    @property
+    def d_model(self) -> int:
+        """Model width: ``heads * head_dim``."""
+        return self.heads * self.head_dim
+
+
+@dataclass(frozen=True)
+class CLIPConfig(_Section):
+    """The small contrastive text/image model used to rerank samples: a text transformer and a
+    ViT over ``patch_size`` patches, each ``layers`` deep and ``width`` wide, projected to a joint
+    ``embed_dim`` space. ``candidates``: images sampled per prompt before reranking (paper: 512)."""
+
+    width: int
+    layers: int
+    heads: int
+    embed_dim: int
+    patch_size: int
+    optim: OptimConfig
+    candidates: int = 512
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("width", "layers", "heads", "embed_dim", "patch_size", "candidates"):
+            self._require(name, getattr(self, name) >= 1, ">= 1")
+        self._require("width", self.width % self.heads == 0, f"a multiple of heads ({self.heads})")
+
+
+@dataclass(frozen=True)
+class TrainConfig(_Section):
+    """Settings shared by all training stages. ``precision``: ``"auto"`` is bf16 autocast on a GPU
+    and fp32 on the CPU. ``*_every`` count optimizer steps."""
+
+    seed: int = 0
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    log_every: int = 10
+    eval_every: int = 500
+    checkpoint_every: int = 500
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("log_every", "eval_every", "checkpoint_every"):
+            self._require(name, getattr(self, name) >= 1, ">= 1")
+        self._require("num_workers", self.num_workers >= 0, ">= 0")
+
+
+@dataclass(frozen=True)
+class Config(_Section):
+    """The whole configuration of a run; ``name`` records the preset it came from."""
+
+    name: str
+    vae: VAEConfig
+    transformer: TransformerConfig
+    clip: CLIPConfig
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.image_size % self.clip.patch_size:
+            self._fail("clip", f"patch_size {self.clip.patch_size} must divide vae.image_size {self.image_size}")
+
+    @property
+    def image_size(self) -> int:
+        """Side of the (square) images in px, for every stage: ``vae.image_size``."""
+        return self.vae.image_size
+
+    @property
+    def grid_size(self) -> int:
+        """Side of the image-token grid: ``vae.grid_size``."""
+        return self.vae.grid_size
+
+    @property
+    def image_vocab(self) -> int:
+        """Number of image codes: ``vae.codebook_size``."""
+        return self.vae.codebook_size
+
+    @property
+    def image_seq_len(self) -> int:
+        """Image tokens per sample: ``grid_size ** 2``."""
+        return self.grid_size ** 2
+
+    @property
+    def seq_len(self) -> int:
+        """Transformer sequence length: ``transformer.text_len + image_seq_len``."""
+        return self.transformer.text_len + self.image_seq_len
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (JSON types only)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Config:
+        """Inverse of :meth:`to_dict`. Unknown or missing keys, and invalid values, raise
+        ``ValueError`` naming the key path (e.g. ``vae.optim.lr``)."""
+        return _build(cls, data, "")
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write ``config.json`` atomically (temp file in the same folder, then ``os.replace``).
+        ``path`` is the file, or a run directory to write ``config.json`` into. Returns the file."""
+        path = _config_path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.to_dict(), f, indent=2)
+                f.write("\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Config:
+        """Read a file written by :meth:`save` (the file, or the run directory holding it)."""
+        path = _config_path(path)
+        with open(path) as f:
+            data = json.load(f)
+        try:
+            return cls.from_dict(data)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+
+
+def _config_path(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    return path / CONFIG_FILE if path.is_dir() else path
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    """Construct section ``cls`` from a JSON object, recursing into nested sections; ``where`` is
+    the key path of ``data`` (``""`` at the top, ``"vae."`` below)."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{where.rstrip('.') or 'config'}: must be a JSON object, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [key for key in data if key not in fields]
+    if unknown:
+        raise ValueError(f"unknown key {where}{unknown[0]!r}; {cls.__name__} has {sorted(fields)}")
+    missing = [name for name, f in fields.items() if name not in data
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ValueError(f"missing key {where}{missing[0]!r} ({cls.__name__} has no default for it)")
+    hints = typing.get_type_hints(cls)
+    kwargs = {name: _build(hints[name], value, f"{where}{name}.") if dataclasses.is_dataclass(hints[name])
+              else value for name, value in data.items()}
+    try:
+        return cls(**kwargs)
+    except ValueError as e:
+        raise ValueError(f"in {where.rstrip('.') or 'config'}: {e}") from None
+
+
+def _tiny() -> Config:
+    return Config(
+        name="tiny",
+        vae=VAEConfig(image_size=32, grid_size=4, codebook_size=64, hidden=16, blocks_per_group=1,
+                      codebook_dim=32, kl_weight=1.0, kl_warmup_fraction=0.1, tau_anneal_fraction=0.5,
+                      optim=OptimConfig(steps=300, batch_size=32, lr=2e-3, lr_min=1e-4, weight_decay=1e-4)),
+        transformer=TransformerConfig(layers=2, heads=2, head_dim=16, text_len=16, text_vocab=512,
+                                      conv_kernel=3, optim=OptimConfig(steps=300, batch_size=32, lr=1e-3,
+                                                                       warmup_fraction=0.05, beta2=0.96)),
+        clip=CLIPConfig(width=32, layers=1, heads=2, embed_dim=32, patch_size=8, candidates=8,
+                        optim=OptimConfig(steps=200, batch_size=64, lr=1e-3, warmup_fraction=0.05)),
+        data=DataConfig(train_size=4_096, val_size=256, test_size=256),
+        train=TrainConfig(log_every=10, eval_every=100, checkpoint_every=100),
+    )
+
+
+def _demo() -> Config:
+    return Config(
+        name="demo",
+        vae=VAEConfig(image_size=64, grid_size=8, codebook_size=512, hidden=32, blocks_per_group=1,
+                      codebook_dim=64, kl_weight=1.0, kl_warmup_fraction=0.05, tau_anneal_fraction=0.5,
+                      optim=OptimConfig(steps=2_000, batch_size=32, lr=1e-3, lr_min=2e-5, weight_decay=1e-4)),
+        transformer=TransformerConfig(layers=4, heads=4, head_dim=32, text_len=32, text_vocab=1_024,
+                                      conv_kernel=5, optim=OptimConfig(steps=2_000, batch_size=32, lr=5e-4,
+                                                                       warmup_fraction=0.05, beta2=0.96)),
+        clip=CLIPConfig(width=64, layers=2, heads=4, embed_dim=64, patch_size=8, candidates=32,
+                        optim=OptimConfig(steps=1_000, batch_size=128, lr=5e-4, warmup_fraction=0.05)),
+        data=DataConfig(train_size=50_000, val_size=1_000, test_size=1_000),
+        train=TrainConfig(log_every=20, eval_every=500, checkpoint_every=500),
+    )
+
+
+def _gpu() -> Config:
+    return Config(
+        name="gpu",
+        vae=VAEConfig(image_size=256, grid_size=32, codebook_size=8_192, hidden=64, blocks_per_group=2,
+                      kl_warmup_fraction=0.05, tau_anneal_fraction=0.3,
+                      optim=OptimConfig(steps=20_000, batch_size=32, lr=3e-4, lr_min=1.25e-6, weight_decay=1e-4)),
+        transformer=TransformerConfig(layers=12, heads=8, head_dim=64, text_len=256, text_vocab=16_384,
+                                      optim=OptimConfig(steps=20_000, batch_size=32, lr=4.5e-4, warmup_fraction=0.02,
+                                                        weight_decay=4.5e-2, beta2=0.96, grad_clip=4.0)),
+        clip=CLIPConfig(width=256, layers=4, heads=4, embed_dim=256, patch_size=16, candidates=64,
+                        optim=OptimConfig(steps=10_000, batch_size=128, lr=5e-4, warmup_fraction=0.05,
+                                          weight_decay=0.1)),
+        data=DataConfig(train_size=1_000_000, val_size=5_000, test_size=5_000),
+        train=TrainConfig(log_every=50, eval_every=2_000, checkpoint_every=2_000, num_workers=8),
+    )
+
+
+def _paper() -> Config:
+    """Ramesh et al. 2021, appendices A.2 (dVAE) and B.2 (transformer); see the note on lr below."""
+    return Config(
+        name="paper",
+        # dVAE: batch 512, 3M updates, AdamW (0.9, 0.999, 1e-8), weight decay 1e-4, KL weight 0 -> 6.6
+        # over 5k updates, tau 1 -> 1/16 over 150k updates, lr cosine 1e-4 -> 1.25e-6 (the paper
+        # reaches the floor after 1.2M updates; here the cosine spans the run).
+        vae=VAEConfig(image_size=256, grid_size=32, codebook_size=8_192, hidden=256, blocks_per_group=2,
+                      optim=OptimConfig(steps=3_000_000, batch_size=512, lr=1e-4, lr_min=1.25e-6,
+                                        weight_decay=1e-4)),
+        # Transformer: batch 1024, 430k updates, AdamW (0.9, 0.96, 1e-8), weight decay 4.5e-2, lr
+        # 4.5e-4 warmed up over 5k updates, gradient norm clipped at 4.
+        transformer=TransformerConfig(layers=64, heads=62, head_dim=64, text_len=256, text_vocab=16_384,
+                                      optim=OptimConfig(steps=430_000, batch_size=1_024, lr=4.5e-4,
+                                                        warmup_fraction=5_000 / 430_000, weight_decay=4.5e-2,
+                                                        beta2=0.96, grad_clip=4.0)),
+        clip=CLIPConfig(width=512, layers=12, heads=8, embed_dim=512, patch_size=16, candidates=512,
+                        optim=OptimConfig(steps=100_000, batch_size=1_024, lr=5e-4, warmup_fraction=0.02,
+                                          weight_decay=0.2, beta2=0.98, eps=1e-6)),
+        data=DataConfig(train_size=1_000_000, val_size=5_000, test_size=5_000),
+        train=TrainConfig(log_every=100, eval_every=10_000, checkpoint_every=10_000, num_workers=8),
+    )
+
+
+PRESETS: dict[str, typing.Callable[[], Config]] = {"tiny": _tiny, "demo": _demo, "gpu": _gpu, "paper": _paper}
+
+
+def preset(name: str) -> Config:
+    """The :class:`Config` of preset ``name`` (one of ``PRESETS``: tiny, demo, gpu, paper)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; the presets are {', '.join(PRESETS)}")
+    return PRESETS[name]()

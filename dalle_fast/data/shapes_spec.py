@@ -1,0 +1,97 @@
+"""Vocabulary of the built-in ``shapes`` data (DESIGN section 6) and its captions, both ways.
+
+One object on a white canvas, described by four attributes: size, color, shape, position.
+Geometry is given as fractions of the canvas side so it holds at any image size.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Collection
+from dataclasses import dataclass
+
+BACKGROUND: tuple[int, int, int] = (255, 255, 255)
+
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "orange": (245, 130, 30),
+    "yellow": (235, 200, 30),
+    "green": (40, 170, 60),
+    "cyan": (30, 190, 200),
+    "blue": (40, 80, 220),
+    "purple": (140, 60, 180),
+    "pink": (240, 110, 180),
+}
+
+# circle; square (axis-aligned); triangle (isosceles, apex up, base = height); diamond (a square
+# rotated 45 degrees). Each spans its size along both axes.
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond")
+
+# Extent of the object (its bounding box side) as a fraction of the canvas side.
+SIZES: dict[str, float] = {"small": 0.25, "large": 0.4}
+
+# Centre of the object's bounding box as (x, y) fractions of the side, y down; 3x3 grid row-major.
+_ROWS = {"top": 0.25, "": 0.5, "bottom": 0.75}
+_COLUMNS = {"left": 0.25, "": 0.5, "right": 0.75}
+POSITIONS: dict[str, tuple[float, float]] = {
+    (f"{row} {col}".strip() or "center"): (x, y) for row, y in _ROWS.items() for col, x in _COLUMNS.items()
+}
+
+# How a caption says where the object is.
+_PLACES = {
+    "top left": "in the top left", "top": "at the top", "top right": "in the top right",
+    "left": "on the left", "center": "in the center", "right": "on the right",
+    "bottom left": "in the bottom left", "bottom": "at the bottom", "bottom right": "in the bottom right",
+}
+TEMPLATES: tuple[str, ...] = (
+    "a {size} {color} {shape} {place}",
+    "{size} {color} {shape} {place}",
+    "there is a {size} {color} {shape} {place}",
+    "a picture of a {size} {color} {shape} {place}",
+)
+
+
+@dataclass(frozen=True)
+class Attributes:
+    """What one shapes image shows. Every field takes a value of its vocabulary
+    (``SIZES``, ``COLORS``, ``SHAPES``, ``POSITIONS``); anything else raises ``ValueError``."""
+
+    size: str
+    color: str
+    shape: str
+    position: str
+
+    def __post_init__(self) -> None:
+        for name, vocabulary in (("size", SIZES), ("color", COLORS), ("shape", SHAPES), ("position", POSITIONS)):
+            value = getattr(self, name)
+            if value not in vocabulary:
+                raise ValueError(f"{name} must be one of {list(vocabulary)}, got {value!r}")
+
+
+def caption(attributes: Attributes, template: int = 0) -> str:
+    """The lowercase caption of ``attributes`` in ``TEMPLATES[template]``, e.g.
+    ``"a small red circle in the top left"``."""
+    return TEMPLATES[template].format(size=attributes.size, color=attributes.color,
+                                      shape=attributes.shape, place=_PLACES[attributes.position])
+
+
+def caption_attributes(text: str) -> Attributes:
+    """Parse a caption back into its attributes (inverse of :func:`caption` for every template).
+
+    Reads words, case-insensitively: exactly one size, one color and one shape word; the position
+    from a row word (top/bottom) and/or a column word (left/right), else ``center``. Raises
+    ``ValueError`` naming the attribute that is missing or ambiguous.
+    """
+    words = set(re.findall(r"[a-z]+", text.lower()))
+
+    def one(name: str, vocabulary: Collection[str], required: bool = True) -> str:
+        found = sorted(words.intersection(vocabulary))
+        if len(found) > 1 or (required and not found):
+            raise ValueError(f"caption {text!r} names {len(found)} {name} words {found}; expected one")
+        return found[0] if found else ""
+
+    row, col = one("row", ("top", "bottom"), False), one("column", ("left", "right"), False)
+    position = f"{row} {col}".strip()
+    if not position and "center" not in words:
+        raise ValueError(f"caption {text!r} names no position")
+    return Attributes(size=one("size", SIZES), color=one("color", COLORS), shape=one("shape", SHAPES),
+                      position=position or "center")
