@@ -30,7 +30,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 CONFIG_FILE = "config.json"
 SPLITS = ("train", "val", "test")
@@ -114,8 +114,8 @@ class OptimConfig(_Section):
 class DataConfig(_Section):
     """Which data to train on. ``dataset`` is ``"shapes"`` (built in) or a path to user data.
 
-    ``holdout``: (color, shape) pairs kept out of the shapes train split (names are checked
-    against the shapes vocabulary when the dataset is built). ``*_size``: samples per split (the
+    ``holdout``: (color, shape) pairs kept out of the shapes train split (checked against the
+    shapes vocabulary when ``dataset`` is ``"shapes"``). ``*_size``: samples per split (the
     shapes data is procedural, so these are epoch lengths, not limits of the data).
     """
 
@@ -136,6 +136,13 @@ class DataConfig(_Section):
         holdout = tuple(tuple(p) for p in pairs)  # JSON gives lists; keep tuples for equality
         self._require("holdout", len(set(holdout)) == len(holdout), "free of duplicate pairs")
         object.__setattr__(self, "holdout", holdout)
+        if self.dataset == "shapes":
+            from .data.shapes import check_holdout  # imported here: the data package imports this module
+
+            try:
+                check_holdout(holdout)
+            except ValueError as e:
+                self._fail("holdout", str(e).removeprefix("holdout: "))
         for split in SPLITS:
             self._require(f"{split}_size", self.split_size(split) >= 1, ">= 1")
 
@@ -294,7 +301,7 @@ class Config(_Section):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.image_size % self.clip.patch_size:
-            self._fail("clip", f"patch_size {self.clip.patch_size} must divide vae.image_size {self.image_size}")
+            self._fail("clip", f"patch_size {self.clip.patch_size} must divide the image size {self.image_size}")
 
     @property
     def image_size(self) -> int:
@@ -333,7 +340,8 @@ class Config(_Section):
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``config.json`` atomically (temp file in the same folder, then ``os.replace``).
-        ``path`` is the file, or a run directory to write ``config.json`` into. Returns the file."""
+        ``path`` is the file (``*.json``) or a run directory to write ``config.json`` into (created
+        if missing). Returns the file written."""
         path = _config_path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -343,6 +351,7 @@ class Config(_Section):
                 f.write("\n")
                 f.flush()
                 os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)  # mkstemp creates the file private
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -351,7 +360,7 @@ class Config(_Section):
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Config:
-        """Read a file written by :meth:`save` (the file, or the run directory holding it)."""
+        """Read a file written by :meth:`save` (the ``*.json`` file, or the run directory holding it)."""
         path = _config_path(path)
         with open(path) as f:
             data = json.load(f)
@@ -362,8 +371,9 @@ class Config(_Section):
 
 
 def _config_path(path: str | os.PathLike) -> Path:
+    """A path ending in ``.json`` is the config file itself; any other path is a run directory."""
     path = Path(path)
-    return path / CONFIG_FILE if path.is_dir() else path
+    return path if path.suffix == ".json" else path / CONFIG_FILE
 
 
 def _build(cls: type, data: Any, where: str) -> Any:
@@ -374,11 +384,11 @@ def _build(cls: type, data: Any, where: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = [key for key in data if key not in fields]
     if unknown:
-        raise ValueError(f"unknown key {where}{unknown[0]!r}; {cls.__name__} has {sorted(fields)}")
+        raise ValueError(f"unknown key '{where}{unknown[0]}'; {cls.__name__} has {sorted(fields)}")
     missing = [name for name, f in fields.items() if name not in data
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
-        raise ValueError(f"missing key {where}{missing[0]!r} ({cls.__name__} has no default for it)")
+        raise ValueError(f"missing key '{where}{missing[0]}' ({cls.__name__} has no default for it)")
     hints = typing.get_type_hints(cls)
     kwargs = {name: _build(hints[name], value, f"{where}{name}.") if dataclasses.is_dataclass(hints[name])
               else value for name, value in data.items()}
@@ -411,7 +421,7 @@ def _demo() -> Config:
                       codebook_dim=64, kl_weight=1.0, kl_warmup_fraction=0.05, tau_anneal_fraction=0.5,
                       optim=OptimConfig(steps=2_000, batch_size=32, lr=1e-3, lr_min=2e-5, weight_decay=1e-4)),
         transformer=TransformerConfig(layers=4, heads=4, head_dim=32, text_len=32, text_vocab=1_024,
-                                      conv_kernel=5, optim=OptimConfig(steps=2_000, batch_size=32, lr=5e-4,
+                                      conv_kernel=3, optim=OptimConfig(steps=2_000, batch_size=32, lr=5e-4,
                                                                        warmup_fraction=0.05, beta2=0.96)),
         clip=CLIPConfig(width=64, layers=2, heads=4, embed_dim=64, patch_size=8, candidates=32,
                         optim=OptimConfig(steps=1_000, batch_size=128, lr=5e-4, warmup_fraction=0.05)),
@@ -425,10 +435,12 @@ def _gpu() -> Config:
         name="gpu",
         vae=VAEConfig(image_size=256, grid_size=32, codebook_size=8_192, hidden=64, blocks_per_group=2,
                       kl_warmup_fraction=0.05, tau_anneal_fraction=0.3,
-                      optim=OptimConfig(steps=20_000, batch_size=32, lr=3e-4, lr_min=1.25e-6, weight_decay=1e-4)),
+                      optim=OptimConfig(steps=20_000, batch_size=32, lr=3e-4, lr_min=1.25e-6,
+                                        weight_decay=1e-4)),
         transformer=TransformerConfig(layers=12, heads=8, head_dim=64, text_len=256, text_vocab=16_384,
-                                      optim=OptimConfig(steps=20_000, batch_size=32, lr=4.5e-4, warmup_fraction=0.02,
-                                                        weight_decay=4.5e-2, beta2=0.96, grad_clip=4.0)),
+                                      optim=OptimConfig(steps=20_000, batch_size=32, lr=4.5e-4,
+                                                        warmup_fraction=0.02, weight_decay=4.5e-2, beta2=0.96,
+                                                        grad_clip=4.0)),
         clip=CLIPConfig(width=256, layers=4, heads=4, embed_dim=256, patch_size=16, candidates=64,
                         optim=OptimConfig(steps=10_000, batch_size=128, lr=5e-4, warmup_fraction=0.05,
                                           weight_decay=0.1)),

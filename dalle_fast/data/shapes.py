@@ -4,8 +4,8 @@ of a split is the same on every machine, in every process, at every image size.
 The attributes of sample ``i`` of ``split`` come from a stable hash (BLAKE2b) of
 ``(split, i)``, read as a mixed-radix number: (color, shape) pair, size, position, caption
 template. The split name is part of the hash, so the splits draw independent streams. The train
-split draws its pair from the pairs not held out; val and test from all pairs, so held-out pairs
-(about 1/8 of them with the default holdout) test zero-shot composition.
+split draws its pair from the pairs not held out; val and test from all pairs, so their samples
+of held-out pairs (1/8 of them with the default holdout) test zero-shot composition.
 """
 from __future__ import annotations
 

@@ -55,16 +55,19 @@ def render(attributes: Attributes, image_size: int) -> torch.Tensor:
 # the palette color whose ink direction explains the image best, projects every pixel onto it to
 # get a coverage map, and measures that map.
 _INK = torch.tensor([[b - c for b, c in zip(BACKGROUND, rgb)] for rgb in COLORS.values()],
-                    dtype=torch.float64) / 255  # (colors, 3)
+                    dtype=torch.float32) / 255  # (colors, 3)
+_SOLID = 0.5  # coverage that marks a pixel as surely part of the object
 _INK_FLOOR = 0.1  # coverage below this is taken as background (noise in generated images)
 _SMALL, _LARGE = SIZES["small"], SIZES["large"]
 # Bounding-box fill ratio (object area / extent**2) per shape: square 1, circle pi/4, triangle
 # and diamond 1/2. Thresholds halfway.
 _SQUARE_FILL = (1 + math.pi / 4) / 2
 _CIRCLE_FILL = (math.pi / 4 + 1 / 2) / 2
-# Triangle and diamond fill alike; the triangle's mass sits low: its centroid is 1/6 of its
-# extent below its bounding-box centre, the diamond's on it.
-_TRIANGLE_DROP = 1 / 12
+# Triangle and diamond fill alike, but the triangle's mass along the vertical is skewed toward
+# its base: density ~ depth below the apex, third central moment -extent**3 / 135; the diamond is
+# symmetric (0). Threshold halfway. Pixel binning adds only symmetric spread, so this holds at
+# low resolution, and it does not depend on locating the bounding box.
+_TRIANGLE_SKEW = -1 / 270
 
 
 def read_attributes(image: torch.Tensor) -> Attributes | None:
@@ -74,8 +77,8 @@ def read_attributes(image: torch.Tensor) -> Attributes | None:
     whose blend line from the background best fits the non-background pixels. Size: the larger
     bounding-box extent, against the midpoint of the two sizes. Position: the bounding-box
     centre, snapped to the 3x3 grid. Shape: area over the size's nominal extent squared
-    (square ~1, circle ~pi/4, triangle and diamond ~1/2), then triangle vs diamond by how far the
-    centroid sits below the bounding-box centre.
+    (square ~1, circle ~pi/4, triangle and diamond ~1/2), then triangle vs diamond by the skew of
+    the mass along the vertical (a triangle's mass is heavier toward its base).
     """
     if not isinstance(image, torch.Tensor) or not image.is_floating_point():
         raise TypeError(f"image must be a float tensor, got {type(image).__name__} "
@@ -83,7 +86,7 @@ def read_attributes(image: torch.Tensor) -> Attributes | None:
     if image.dim() != 3 or image.shape[0] != 3 or image.shape[1] != image.shape[2]:
         raise ValueError(f"image must have shape (3, S, S), got {tuple(image.shape)}")
     side = image.shape[-1]
-    ink = 1 - image.detach().to("cpu", torch.float64).clamp(0, 1).reshape(3, side * side)  # (3, H*W)
+    ink = 1 - image.detach().to("cpu", torch.float32).clamp(0, 1).reshape(3, side * side)  # (3, H*W)
     # Coverage of every pixel by every palette color, and how far the pixels are off that color's
     # blend line: sum over pixels of |ink - alpha * ink_c|^2, expanded.
     dot, norm = _INK @ ink, (_INK**2).sum(1, keepdim=True)  # (colors, H*W), (colors, 1)
@@ -91,13 +94,19 @@ def read_attributes(image: torch.Tensor) -> Attributes | None:
     misfit = (alpha * (alpha * norm - 2 * dot)).sum(1)  # (colors,), up to the same sum(|ink|^2)
     color = int(misfit.argmin())
     cover = alpha[color].reshape(side, side)
-    cover = torch.where(cover >= _INK_FLOOR, cover, 0)
-    area = float(cover.sum())
-    if area == 0:
+    # Keep the window around the solidly covered pixels (one pixel wider, for thin antialiased
+    # tips): stray pixels elsewhere are noise, not object.
+    solid = (cover >= _SOLID).nonzero()  # (n, 2) row, column
+    if len(solid) == 0:
         return None
+    (top, left), (bottom, right) = (solid.amin(0) - 1).clamp(min=0).tolist(), (solid.amax(0) + 2).tolist()
+    kept = torch.zeros_like(cover)
+    kept[top:bottom, left:right] = cover[top:bottom, left:right]
+    cover = torch.where(kept >= _INK_FLOOR, kept, 0)
+    area = float(cover.sum())
     # Extents and bounding-box centre from the most-covered pixel of each column / row, so that
     # antialiased edges count by their coverage.
-    centres = torch.arange(side, dtype=torch.float64) + 0.5
+    centres = torch.arange(side, dtype=torch.float32) + 0.5
     columns, rows = cover.amax(0), cover.amax(1)  # (W,), (H,)
     width, height = float(columns.sum()), float(rows.sum())
     box_x, box_y = float(columns @ centres) / width, float(rows @ centres) / height
@@ -109,8 +118,10 @@ def read_attributes(image: torch.Tensor) -> Attributes | None:
     elif fill > _CIRCLE_FILL:
         shape = "circle"
     else:
-        centroid_y = float(cover.sum(1) @ centres) / area
-        shape = "triangle" if (centroid_y - box_y) / extent > _TRIANGLE_DROP else "diamond"
+        row_mass = cover.sum(1)  # (H,)
+        offset = centres - float(row_mass @ centres) / area  # of each row from the centroid, down
+        skew = float(row_mass @ offset**3) / area
+        shape = "triangle" if skew / extent**3 < _TRIANGLE_SKEW else "diamond"
     position = min(POSITIONS, key=lambda name: (POSITIONS[name][0] * side - box_x) ** 2
                    + (POSITIONS[name][1] * side - box_y) ** 2)
     return Attributes(size=size, color=list(COLORS)[color], shape=shape, position=position)

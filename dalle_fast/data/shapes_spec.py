@@ -61,7 +61,8 @@ class Attributes:
     position: str
 
     def __post_init__(self) -> None:
-        for name, vocabulary in (("size", SIZES), ("color", COLORS), ("shape", SHAPES), ("position", POSITIONS)):
+        vocabularies = {"size": SIZES, "color": COLORS, "shape": SHAPES, "position": POSITIONS}
+        for name, vocabulary in vocabularies.items():
             value = getattr(self, name)
             if value not in vocabulary:
                 raise ValueError(f"{name} must be one of {list(vocabulary)}, got {value!r}")

@@ -1,0 +1,154 @@
+"""Configuration presets (DESIGN section 5), validation, and the config.json round trip."""
+import dataclasses
+import json
+
+import pytest
+
+from dalle_fast.config import CONFIG_FILE, DEFAULT_HOLDOUT, PRESETS, Config, DataConfig, OptimConfig, preset
+
+# DESIGN section 5: image px, token grid side, codebook size, text_len.
+DESIGN_TABLE = {
+    "tiny": (32, 4, 64, 16),
+    "demo": (64, 8, 512, 32),
+    "gpu": (256, 32, 8192, 256),
+    "paper": (256, 32, 8192, 256),
+}
+
+
+def test_the_presets_are_those_of_the_design():
+    assert list(PRESETS) == list(DESIGN_TABLE)
+
+
+@pytest.mark.parametrize("name", DESIGN_TABLE)
+def test_preset_matches_design_table(name):
+    config = preset(name)
+    assert config.name == name
+    table_row = (config.image_size, config.grid_size, config.image_vocab, config.transformer.text_len)
+    assert table_row == DESIGN_TABLE[name]
+    assert (config.vae.image_size, config.vae.grid_size, config.vae.codebook_size) == DESIGN_TABLE[name][:3]
+    vae = config.vae
+    assert vae.image_size == vae.grid_size * 2 ** (vae.num_groups - 1) == vae.grid_size * vae.downsample
+    assert config.seq_len == config.transformer.text_len + config.grid_size**2
+    assert (vae.tau_start, vae.tau_end) == (1.0, 1 / 16)
+    assert config.data.dataset == "shapes" and config.data.holdout == DEFAULT_HOLDOUT
+
+
+def test_paper_preset_is_the_12b_model():
+    config = preset("paper")
+    t = config.transformer
+    assert (t.layers, t.heads, t.head_dim, t.d_model) == (64, 62, 64, 3968)
+    assert (t.text_vocab, t.text_len, t.conv_kernel, t.attention) == (16384, 256, 11, "sparse")
+    assert (config.image_vocab, config.image_size, config.grid_size) == (8192, 256, 32)
+    assert config.vae.kl_weight == 6.6 and config.vae.optim.batch_size == 512
+
+
+def test_unknown_preset_lists_the_presets():
+    with pytest.raises(ValueError, match="'huge'.*tiny, demo, gpu, paper"):
+        preset("huge")
+
+
+@pytest.mark.parametrize("name", DESIGN_TABLE)
+def test_save_load_round_trip(tmp_path, name):
+    config = preset(name)
+    path = config.save(tmp_path / "run")  # a directory: writes run/config.json
+    assert path == tmp_path / "run" / CONFIG_FILE
+    assert [p.name for p in path.parent.iterdir()] == [CONFIG_FILE]  # no temp file left behind
+    assert Config.load(tmp_path / "run") == config
+    assert Config.load(path) == config
+    assert Config.from_dict(json.loads(path.read_text())) == config
+
+
+def test_save_overwrites_and_accepts_a_file_path(tmp_path):
+    path = tmp_path / "my.json"
+    preset("tiny").save(path)
+    demo = preset("demo")
+    assert demo.save(path) == path
+    assert Config.load(path) == demo
+
+
+def _write(tmp_path, data) -> str:
+    path = tmp_path / CONFIG_FILE
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def test_load_rejects_unknown_key_naming_it(tmp_path):
+    data = preset("tiny").to_dict()
+    data["vae"]["optim"]["learning_rate"] = 1e-3
+    with pytest.raises(ValueError, match=r"unknown key 'vae\.optim\.learning_rate'"):
+        Config.load(_write(tmp_path, data))
+    data = preset("tiny").to_dict()
+    data["colour"] = "red"
+    with pytest.raises(ValueError, match="unknown key 'colour'"):
+        Config.load(_write(tmp_path, data))
+
+
+def test_load_rejects_missing_and_bad_values_naming_them(tmp_path):
+    data = preset("tiny").to_dict()
+    del data["transformer"]["layers"]
+    with pytest.raises(ValueError, match=r"missing key 'transformer\.layers'"):
+        Config.load(_write(tmp_path, data))
+    data = preset("tiny").to_dict()
+    data["vae"]["optim"]["lr"] = -1
+    with pytest.raises(ValueError, match=r"vae\.optim.*OptimConfig\.lr"):
+        Config.load(_write(tmp_path, data))
+    data = preset("tiny").to_dict()
+    data["transformer"]["attention"] = "dense"
+    with pytest.raises(ValueError, match=r"TransformerConfig\.attention.*'sparse', 'full'"):
+        Config.load(_write(tmp_path, data))
+
+
+def test_loaded_values_are_normalized(tmp_path):
+    data = preset("tiny").to_dict()
+    data["vae"]["optim"]["lr"] = 1  # an int where a float belongs
+    config = Config.load(_write(tmp_path, data))
+    assert config.vae.optim.lr == 1.0 and isinstance(config.vae.optim.lr, float)
+    assert isinstance(config.data.holdout, tuple) and all(isinstance(p, tuple) for p in config.data.holdout)
+
+
+def test_grid_must_divide_image_size_by_a_power_of_two():
+    vae = preset("tiny").vae
+    for grid in (3, 5, 64):
+        with pytest.raises(ValueError, match="VAEConfig.grid_size"):
+            dataclasses.replace(vae, grid_size=grid)
+    assert dataclasses.replace(vae, grid_size=8).num_groups == 3
+    assert dataclasses.replace(vae, grid_size=32).num_groups == 1
+
+
+@pytest.mark.parametrize("section, field, value", [
+    ("vae", "hidden", 6),
+    ("vae", "tau_end", 2.0),
+    ("vae", "codebook_size", "64"),
+    ("transformer", "conv_kernel", 4),
+    ("transformer", "heads", True),
+    ("transformer", "dropout", float("nan")),
+    ("clip", "width", 33),
+    ("train", "precision", "fp16"),
+    ("data", "holdout", [("red", "circle", "x")]),
+    ("data", "holdout", [("mauve", "circle")]),
+    ("data", "val_size", 0),
+])
+def test_bad_field_raises_naming_it(section, field, value):
+    sub = getattr(preset("tiny"), section)
+    with pytest.raises(ValueError, match=rf"{type(sub).__name__}\.{field}"):
+        dataclasses.replace(sub, **{field: value})
+
+
+def test_cross_section_check_names_the_field():
+    config = preset("tiny")
+    with pytest.raises(ValueError, match="Config.clip.*patch_size"):
+        dataclasses.replace(config, clip=dataclasses.replace(config.clip, patch_size=5))
+
+
+def test_sections_are_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        preset("tiny").vae.grid_size = 8
+
+
+def test_optim_and_data_defaults():
+    optim = OptimConfig(steps=10, batch_size=2, lr=1e-3)
+    assert (optim.lr_min, optim.grad_clip, optim.ema_decay) == (0.0, 0.0, 0.0)
+    data = DataConfig()
+    assert [data.split_size(s) for s in ("train", "val", "test")] == [50_000, 1_000, 1_000]
+    with pytest.raises(ValueError, match="split must be one of"):
+        data.split_size("dev")
