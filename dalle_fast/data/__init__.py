@@ -13,3 +13,10 @@ __all__ = [
     "DEFAULT_HOLDOUT", "ShapesDataset", "attributes", "check_holdout", "read_attributes", "render",
     "COLORS", "POSITIONS", "SHAPES", "SIZES", "Attributes", "caption", "caption_attributes",
 ]
+
+# User data (DESIGN section 7): a folder of captioned images or a COCO-style captions file.
+from .coco import CocoCaptions
+from .filters import DataFilters, FilterReport
+from .folder import FolderDataset
+
+__all__ += ["CocoCaptions", "DataFilters", "FilterReport", "FolderDataset"]
