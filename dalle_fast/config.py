@@ -25,12 +25,13 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from .atomic import write_atomic
 
 CONFIG_FILE = "config.json"
 SPLITS = ("train", "val", "test")
@@ -344,18 +345,8 @@ class Config(_Section):
         if missing). Returns the file written."""
         path = _config_path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_dict(), f, indent=2)
-                f.write("\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)  # mkstemp creates the file private
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        text = json.dumps(self.to_dict(), indent=2) + "\n"
+        write_atomic(path, lambda tmp: Path(tmp).write_text(text))
         return path
 
     @classmethod

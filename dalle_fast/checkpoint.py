@@ -1,0 +1,111 @@
+"""Checkpoints of a training stage in a run directory, written so that a crash can never leave a
+torn file or a mismatched pair behind.
+
+A checkpoint of stage ``s`` after ``n`` optimizer steps is two safetensors files and a pointer:
+
+- ``s-0000000n.safetensors``: the weights (what generation and evaluation load);
+- ``s-0000000n.state.safetensors``: what training needs to continue exactly (optimizer moments,
+  RNG states, ... as tensors; counters and settings as JSON in the metadata);
+- ``s-latest.json``: ``{"step": n, "weights": ..., "state": ...}``, naming the newest complete pair.
+
+Every file is written atomically (:func:`dalle_fast.atomic.write_atomic`: a temp file in the
+run directory, flushed, then ``os.replace``), and the pointer moves only after both files of the
+new pair are in place. So at any moment the pointer names a complete pair from one step (the
+previous one until the new pair is finished). Both files also record their step, checked on
+load. Older pairs are pruned after the pointer moves, keeping the newest ``KEEP``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .atomic import write_atomic
+
+KEEP = 2  # checkpoint pairs kept per stage (the newest)
+
+
+class Checkpoint(NamedTuple):
+    """One checkpoint: ``step`` (optimizer steps done), ``weights`` and ``state`` (name -> tensor,
+    any shapes), ``meta`` (a JSON-serializable dict)."""
+
+    step: int
+    weights: dict[str, torch.Tensor]
+    state: dict[str, torch.Tensor]
+    meta: dict[str, Any]
+
+
+def save_checkpoint(run_dir: str | os.PathLike, stage: str, checkpoint: Checkpoint) -> Path:
+    """Write ``checkpoint`` of ``stage`` into ``run_dir`` (see the module doc); returns the
+    weights file. Tensors are stored contiguous, on the CPU."""
+    run_dir = Path(run_dir)
+    names = _names(stage, checkpoint.step)
+    step = str(checkpoint.step)
+    _write_tensors(run_dir / names["weights"], checkpoint.weights, {"stage": stage, "step": step})
+    _write_tensors(run_dir / names["state"], checkpoint.state,
+                   {"stage": stage, "step": step, "meta": json.dumps(checkpoint.meta)})
+    pointer = json.dumps({"step": checkpoint.step, **names}, indent=2) + "\n"
+    write_atomic(_pointer(run_dir, stage), lambda tmp: Path(tmp).write_text(pointer))
+    _prune(run_dir, stage, checkpoint.step)
+    return run_dir / names["weights"]
+
+
+def load_checkpoint(run_dir: str | os.PathLike, stage: str) -> Checkpoint | None:
+    """The checkpoint the ``stage`` pointer of ``run_dir`` names, tensors on the CPU; ``None``
+    when the stage has none. A pointer naming a missing or mismatched file raises ``ValueError``."""
+    run_dir = Path(run_dir)
+    pointer = _pointer(run_dir, stage)
+    if not pointer.exists():
+        return None
+    names = json.loads(pointer.read_text())
+    step = names["step"]
+    weights, weights_meta = _read_tensors(run_dir / names["weights"])
+    state, state_meta = _read_tensors(run_dir / names["state"])
+    for file, meta in ((names["weights"], weights_meta), (names["state"], state_meta)):
+        if meta.get("stage") != stage or meta.get("step") != str(step):
+            raise ValueError(f"{run_dir / file}: holds stage {meta.get('stage')!r} step {meta.get('step')}, "
+                             f"but {pointer.name} names it for stage {stage!r} step {step}")
+    return Checkpoint(step, weights, state, json.loads(state_meta["meta"]))
+
+
+def checkpointed_stages(run_dir: str | os.PathLike) -> list[str]:
+    """The stages that have a checkpoint in ``run_dir`` (sorted; empty if it does not exist)."""
+    run_dir = Path(run_dir)
+    return sorted(p.name.removesuffix("-latest.json") for p in run_dir.glob("*-latest.json"))
+
+
+def _names(stage: str, step: int) -> dict[str, str]:
+    return {"weights": f"{stage}-{step:08d}.safetensors", "state": f"{stage}-{step:08d}.state.safetensors"}
+
+
+def _pointer(run_dir: Path, stage: str) -> Path:
+    return run_dir / f"{stage}-latest.json"
+
+
+def _write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    tensors = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
+    write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata))
+
+
+def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    if not path.exists():
+        raise ValueError(f"{path}: missing, but the checkpoint pointer names it")
+    with safe_open(str(path), framework="pt") as f:
+        return {name: f.get_tensor(name) for name in f.keys()}, f.metadata() or {}
+
+
+def _prune(run_dir: Path, stage: str, current: int) -> None:
+    """Keep the pairs of ``stage`` from the ``KEEP`` newest steps up to ``current`` (the one the
+    pointer names); delete the others, including files a crash left past ``current``."""
+    pattern = re.compile(rf"{re.escape(stage)}-(\d{{8}})(\.state)?\.safetensors")
+    files = [(int(m.group(1)), p) for p in run_dir.iterdir() if (m := pattern.fullmatch(p.name))]
+    keep = sorted({step for step, _ in files if step <= current})[-KEEP:]
+    for step, path in files:
+        if step not in keep:
+            path.unlink(missing_ok=True)

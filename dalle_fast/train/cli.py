@@ -1,0 +1,107 @@
+"""``python -m dalle_fast.train``: the training command (DESIGN section 8).
+
+    python -m dalle_fast.train [--stage all|tokenizer|vae|dalle|clip] [--preset demo]
+        [--data shapes | --data DIR | --data captions.json --images DIR]
+        [--out runs/<preset>] [--resume] [--steps N]
+
+Stages not built yet are named and skipped by ``--stage all`` and refused by name.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ..config import PRESETS, Config, preset
+from .data import TrainData, load_data
+from .errors import UsageError
+from .rundir import check_run_dir, saved_config
+from .vae import STAGE as VAE_STAGE
+from .vae import train_vae
+
+STAGES = ("tokenizer", "vae", "dalle", "clip")  # in the order --stage all runs them
+# stage -> its trainer: (config, run dir, data, resume) -> a summary line of the result
+BUILT: dict[str, Callable[[Config, Path, TrainData, bool], str]] = {VAE_STAGE: train_vae}
+COMING_IN = "issue 5"  # where the stages not built yet are coming
+DEFAULT_PRESET = "demo"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line parser (see the module doc)."""
+    parser = argparse.ArgumentParser(prog="python -m dalle_fast.train",
+                                     description="Train DALL-E stages into a run directory.")
+    parser.add_argument("--stage", choices=("all", *STAGES), default="all",
+                        help="stage to train; 'all' runs every built stage in order (default: all)")
+    parser.add_argument("--preset", choices=sorted(PRESETS),
+                        help=f"configuration preset (default: {DEFAULT_PRESET}; with --resume, the saved config)")
+    parser.add_argument("--data", help="'shapes' (the built-in data, default), a folder of images with "
+                                       "same-stem .txt captions, or a COCO-style captions .json (with --images)")
+    parser.add_argument("--images", help="folder of the images a captions .json names")
+    parser.add_argument("--out", type=Path, help="run directory (default: runs/<preset>)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out from its latest checkpoint (start it if it has none)")
+    parser.add_argument("--steps", type=_positive_int,
+                        help="optimizer steps of the vae stage (overrides the preset; saved in config.json)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command with ``argv`` (default: ``sys.argv[1:]``); returns the exit status 0.
+    Usage errors exit with status 2 and a one-line message, as argparse does."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.stage != "all" and args.stage not in BUILT:
+        parser.error(f"--stage {args.stage}: the {args.stage} stage is not built yet (coming in {COMING_IN}); "
+                     f"built: {', '.join(BUILT)}")
+    out = args.out if args.out is not None else Path("runs", args.preset or DEFAULT_PRESET)
+    try:
+        config = resolve_config(args, saved_config(out) if args.resume else None)
+        train(config, out, args.stage, args.resume, args.images)
+    except UsageError as e:
+        parser.error(str(e))
+    return 0
+
+
+def resolve_config(args: argparse.Namespace, saved: Config | None) -> Config:
+    """The run's config: ``saved`` when resuming without --preset, else the preset; then the
+    --steps and --data overrides."""
+    config = saved if saved is not None and args.preset is None else preset(args.preset or DEFAULT_PRESET)
+    if args.steps is not None:
+        config = dataclasses.replace(config, vae=dataclasses.replace(
+            config.vae, optim=dataclasses.replace(config.vae.optim, steps=args.steps)))
+    if args.data is not None:
+        dataset = args.data if args.data == "shapes" else str(Path(args.data).expanduser().resolve())
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, dataset=dataset))
+    return config
+
+
+def train(config: Config, out: Path, stage: str = "all", resume: bool = False, images: str | None = None) -> None:
+    """Train ``stage`` (or every built stage, for ``"all"``) of ``config`` in the run directory
+    ``out``, printing the data filter report (user data) and a summary line per stage.
+    ``images``: the image folder of a COCO-style captions JSON dataset."""
+    stages = STAGES if stage == "all" else (stage,)
+    pending = [s for s in stages if s not in BUILT]
+    if pending:
+        print(f"not built yet (coming in {COMING_IN}), skipped: {', '.join(pending)}")
+    check_run_dir(out, config, resume)
+    data = load_data(config, images)
+    if data.report is not None:
+        print(data.report)
+    out.mkdir(parents=True, exist_ok=True)
+    config.save(out)
+    for name in (s for s in stages if s in BUILT):
+        started = time.perf_counter()
+        result = BUILT[name](config, out, data, resume)
+        print(f"{name}: {result}; wall time {time.perf_counter() - started:.1f} s; run directory {out}")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value

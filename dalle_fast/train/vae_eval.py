@@ -1,0 +1,67 @@
+"""Validation of the dVAE: how well images survive the round trip through tokens."""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, NamedTuple
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..data import Attributes
+from ..dvae import DiscreteVAE
+from ..metrics import attribute_agreement, codebook_usage, psnr
+
+GRID_IMAGES = 8  # val images shown in the sample grid
+
+
+class VAEValidation(NamedTuple):
+    """``metrics``: psnr (dB, mean over the val set), codes_used (fraction of the codebook among
+    all val tokens), perplexity (of those tokens' distribution) and, for the shapes data,
+    attribute_agreement (fraction of reconstructions whose read attributes all match).
+    ``originals`` and ``reconstructions``: the first ``GRID_IMAGES`` val images, (N, 3, H, W)."""
+
+    metrics: dict[str, Any]
+    originals: torch.Tensor
+    reconstructions: torch.Tensor
+
+
+@torch.no_grad()
+def validate_vae(model: DiscreteVAE, val: Dataset, attributes: list[Attributes] | None, batch_size: int,
+                 precision: contextlib.AbstractContextManager) -> VAEValidation:
+    """Encode every image of ``val`` to tokens (argmax) and decode them again, under the
+    ``precision`` context, in eval mode; ``attributes[i]`` describes ``val[i]`` (or None). Draws
+    nothing from torch's global RNG."""
+    device = next(model.parameters()).device
+    loader = DataLoader(val, batch_size=batch_size, generator=torch.Generator())  # generator: see docstring
+    was_training = model.training
+    model.eval()
+    seen, psnr_sum, agreeing = 0, 0.0, 0.0
+    tokens, originals, reconstructions = [], [], []
+    for images, _ in loader:
+        images = images.to(device)
+        with precision:
+            batch_tokens = model.encode(images)
+            decoded = model.decode(batch_tokens).float()
+        psnr_sum += float(psnr(decoded, images).sum())
+        if attributes is not None:
+            agreeing += attribute_agreement(decoded, attributes[seen:seen + len(images)]) * len(images)
+        tokens.append(batch_tokens.cpu())
+        shown = max(0, GRID_IMAGES - seen)
+        originals.append(images[:shown].cpu())
+        reconstructions.append(decoded[:shown].cpu())
+        seen += len(images)
+    model.train(was_training)
+    usage = codebook_usage(torch.cat(tokens), model.codebook.shape[0])
+    metrics = {"psnr": psnr_sum / seen, "codes_used": float(usage.fraction_used), "perplexity": float(usage.perplexity)}
+    if attributes is not None:
+        metrics["attribute_agreement"] = agreeing / seen
+    return VAEValidation(metrics, torch.cat(originals), torch.cat(reconstructions))
+
+
+def summary(metrics: dict[str, Any]) -> str:
+    """One line from the val ``metrics`` of :func:`validate_vae`."""
+    line = (f"val PSNR {metrics['psnr']:.2f} dB, codes used {100 * metrics['codes_used']:.1f}% "
+            f"(perplexity {metrics['perplexity']:.1f})")
+    if "attribute_agreement" in metrics:
+        line += f", attribute agreement {100 * metrics['attribute_agreement']:.1f}%"
+    return line

@@ -1,0 +1,317 @@
+"""Training stage vae: the command line, the run directory it writes, exact resume after a crash,
+atomic checkpoints, and the guard rails (existing runs, changed configs, bad arguments, bad data).
+
+Runs are the tiny preset shortened to a few steps, on the CPU, in-process through
+``dalle_fast.train.main`` (one subprocess proves the module entry point).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+import dalle_fast.atomic
+import dalle_fast.train.vae
+from dalle_fast.checkpoint import KEEP, Checkpoint, load_checkpoint, save_checkpoint
+from dalle_fast.config import Config, preset
+from dalle_fast.data import ShapesDataset
+from dalle_fast.dvae import DiscreteVAE
+from dalle_fast.ema import EMA
+from dalle_fast.grid import PADDING
+from dalle_fast.train import main, train
+from dalle_fast.train.data import IndexStream
+from dalle_fast.train.vae_eval import GRID_IMAGES
+
+FIXTURES = Path(__file__).parent / "fixtures"
+TRAIN_KEYS = {"stage", "split", "step", "loss", "recon", "kl", "tau", "kl_weight", "lr", "perplexity", "codes_used",
+              "seconds"}
+VAL_KEYS = {"stage", "split", "step", "psnr", "codes_used", "perplexity", "attribute_agreement", "seconds"}
+STEPS = 4  # of the shared CLI run
+
+
+def run_main(argv: list[str]) -> str:
+    """``main(argv)``, which must succeed; returns what it printed."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(argv) == 0
+    return out.getvalue()
+
+
+def records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def without_seconds(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """The tiny model's convolutions run faster on one thread than on two that compete with other
+    jobs for a shared CI machine's cores (these tests check behaviour, not speed)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A finished ``--preset tiny --steps 4`` run (default ``--stage all``) and what it printed."""
+    run_dir = tmp_path_factory.mktemp("train") / "tiny"
+    return run_dir, run_main(["--preset", "tiny", "--steps", str(STEPS), "--out", str(run_dir)])
+
+
+def test_cli_run_writes_config_metrics_grid_and_checkpoint(tiny_run: tuple[Path, str]) -> None:
+    run_dir, printed = tiny_run
+    config = Config.load(run_dir)
+    expected = preset("tiny")
+    assert config == dataclasses.replace(expected, vae=dataclasses.replace(
+        expected.vae, optim=dataclasses.replace(expected.vae.optim, steps=STEPS)))
+
+    train_row, val_row = records(run_dir)  # log_every and eval_every exceed 4: both come from the last step
+    assert set(train_row) == TRAIN_KEYS and set(val_row) == VAL_KEYS
+    assert [(r["stage"], r["split"], r["step"]) for r in (train_row, val_row)] == [("vae", "train", 4),
+                                                                                   ("vae", "val", 4)]
+    # The 4th update (index 3): tau annealed over round(0.5 * 4) = 2 steps is at its end, the KL
+    # warmup of round(0.1 * 4) = 0 steps is done, the lr is on its cosine from 2e-3 to 1e-4.
+    assert train_row["tau"] == 1 / 16 and train_row["kl_weight"] == 1.0
+    assert train_row["lr"] == pytest.approx(1e-4 + (2e-3 - 1e-4) * (1 + math.cos(math.pi * 3 / 4)) / 2, rel=1e-12)
+    assert train_row["loss"] == pytest.approx(train_row["recon"] + train_row["kl_weight"] * train_row["kl"], rel=1e-5)
+    assert 0 < train_row["codes_used"] <= 1 and 1 <= train_row["perplexity"] <= 64
+    assert 0 <= val_row["attribute_agreement"] <= 1
+
+    pointer = json.loads((run_dir / "vae-latest.json").read_text())
+    assert pointer == {"step": 4, "weights": "vae-00000004.safetensors", "state": "vae-00000004.state.safetensors"}
+    weights = load_file(run_dir / pointer["weights"])
+    model = DiscreteVAE(config)
+    assert {k: v.shape for k, v in weights.items()} == {k: v.shape for k, v in model.state_dict().items()}
+    model.load_state_dict(weights)
+
+    # The val metrics, recomputed independently from the checkpoint: PSNR of decode(encode(x)).
+    val = ShapesDataset.from_config(config, "val")
+    images = torch.stack([val[i][0] for i in range(len(val))])
+    with torch.no_grad():
+        tokens = model.encode(images)
+        recon = model.decode(tokens)
+    mse = ((recon.double() - images.double()) ** 2).flatten(1).mean(1)
+    assert val_row["psnr"] == pytest.approx(float((10 * torch.log10(1 / mse)).mean()), rel=1e-4)
+    counts = torch.bincount(tokens.flatten(), minlength=64)
+    assert val_row["codes_used"] == pytest.approx(float((counts > 0).double().mean()))
+
+    # The grid: originals (row 0) above reconstructions (row 1), GRID_IMAGES columns.
+    side = config.image_size
+    for name in ("vae_samples_00000004.png", "vae_samples_latest.png"):
+        with Image.open(run_dir / name) as png:
+            assert png.size == (GRID_IMAGES * (side + PADDING) + PADDING, 2 * (side + PADDING) + PADDING)
+            grid = torch.from_numpy(np.array(png.convert("RGB"))).permute(2, 0, 1).float() / 255
+    for column in (0, GRID_IMAGES - 1):
+        left = PADDING + column * (side + PADDING)
+        top_tile = grid[:, PADDING:PADDING + side, left:left + side]
+        bottom_tile = grid[:, 2 * PADDING + side:2 * (PADDING + side), left:left + side]
+        assert torch.allclose(top_tile, images[column], atol=0.5 / 255 + 1e-6)
+        assert torch.allclose(bottom_tile, recon[column], atol=0.5 / 255 + 1e-6)
+
+    assert "not built yet" in printed and all(stage in printed for stage in ("tokenizer", "dalle", "clip"))
+    assert f"val PSNR {val_row['psnr']:.2f} dB" in printed
+
+
+def test_existing_run_needs_resume_and_the_same_config(tiny_run: tuple[Path, str], capsys) -> None:
+    run_dir, _ = tiny_run
+    before = (run_dir / "metrics.jsonl").read_text()
+    cases = [
+        (["--stage", "vae", "--preset", "tiny", "--steps", "4"], "pass --resume"),
+        (["--stage", "vae", "--preset", "demo", "--resume"], "name: saved 'tiny', given 'demo'"),
+        (["--stage", "vae", "--resume", "--steps", "5"], "vae.optim.steps: saved 4, given 5"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            main([*argv, "--out", str(run_dir)])
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
+    # Resuming the finished run with its saved config has nothing left to do.
+    assert "4/4 steps" in run_main(["--stage", "vae", "--resume", "--out", str(run_dir)])
+    assert (run_dir / "metrics.jsonl").read_text() == before
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--preset", "huge"], "invalid choice: 'huge'"),
+    (["--stage", "dalle"], "the dalle stage is not built yet (coming in issue 5)"),
+    (["--stage", "clip"], "the clip stage is not built yet"),
+    (["--steps", "0"], "--steps: must be a positive integer, got '0'"),
+    (["--data", "{tmp}/missing"], "--data: no such file or folder"),
+    (["--data", str(FIXTURES / "coco" / "captions.json")], "--images: required with the captions JSON"),
+    (["--images", str(FIXTURES / "coco" / "images")], "--images: only used with a COCO-style captions JSON"),
+])
+def test_bad_arguments_exit_with_a_clear_message(tmp_path: Path, capsys, argv: list[str], message: str) -> None:
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--preset", "tiny", "--out", str(out), *(a.format(tmp=tmp_path) for a in argv)])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_help_runs_as_a_module(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "dalle_fast.train", "--help"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert all(flag in result.stdout for flag in ("--stage", "--preset", "--data", "--images", "--out", "--resume",
+                                                  "--steps"))
+
+
+def resume_config() -> Config:
+    """tiny, 8 steps, with the EMA and gradient clipping on; a train split of 40 samples so the
+    32-sample batches straddle epochs; a checkpoint at step 4."""
+    config = preset("tiny")
+    optim = dataclasses.replace(config.vae.optim, steps=8, ema_decay=0.9, grad_clip=1.0)
+    return dataclasses.replace(
+        config, vae=dataclasses.replace(config.vae, optim=optim),
+        data=dataclasses.replace(config.data, train_size=40, val_size=16),
+        train=dataclasses.replace(config.train, log_every=2, eval_every=4, checkpoint_every=4))
+
+
+def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tmp_path: Path, monkeypatch) -> None:
+    config = resume_config()
+    train(config, tmp_path / "straight", "vae")
+
+    crash_at = 6  # the update with index 6: steps 5 and 6 (and its log line) are done after the step-4 checkpoint
+    schedule = dalle_fast.train.vae.vae_schedule
+
+    def crashing_schedule(vae, step):
+        if step == crash_at:
+            raise RuntimeError("simulated crash")
+        return schedule(vae, step)
+
+    resumed = tmp_path / "resumed"
+    with monkeypatch.context() as patch:
+        patch.setattr(dalle_fast.train.vae, "vae_schedule", crashing_schedule)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            train(config, resumed, "vae")
+    assert load_checkpoint(resumed, "vae").step == 4
+    assert records(resumed)[-1]["step"] == 6
+    torch.manual_seed(1234)  # the resumed run must not depend on the RNG state it starts in
+    train(config, resumed, "vae", resume=True)
+
+    a, b = load_checkpoint(tmp_path / "straight", "vae"), load_checkpoint(resumed, "vae")
+    assert a.step == b.step == 8
+    assert any(name.startswith("ema.") for name in a.weights)
+    for got, want in ((b.weights, a.weights), (b.state, a.state)):
+        assert got.keys() == want.keys()
+        for name in want:
+            assert torch.equal(got[name], want[name]), name
+    assert b.meta["samples_seen"] == a.meta["samples_seen"] == 8 * 32
+    assert without_seconds(records(resumed)) == without_seconds(records(tmp_path / "straight"))
+    assert [(r["split"], r["step"]) for r in records(resumed)] == [
+        ("train", 2), ("train", 4), ("val", 4), ("train", 6), ("train", 8), ("val", 8)]
+
+
+def fake_checkpoint(step: int) -> Checkpoint:
+    return Checkpoint(step, {"w": torch.randn(3, 4)}, {"m": torch.randn(5), "s": torch.tensor(float(step))},
+                      {"step": step, "note": "x"})
+
+
+@pytest.mark.parametrize("failing_replace", [0, 1, 2])  # weights file, state file, pointer
+def test_a_checkpoint_write_that_fails_leaves_the_previous_one_loadable(tmp_path: Path, monkeypatch,
+                                                                        failing_replace: int) -> None:
+    first = fake_checkpoint(1)
+    save_checkpoint(tmp_path, "vae", first)
+    replace, calls = os.replace, []
+
+    def flaky_replace(src, dst):
+        assert Path(src).stat().st_size > 0  # the temp file was written
+        calls.append(dst)
+        if len(calls) - 1 == failing_replace:
+            raise OSError("disk gone")
+        replace(src, dst)
+
+    monkeypatch.setattr(dalle_fast.atomic.os, "replace", flaky_replace)
+    with pytest.raises(OSError, match="disk gone"):
+        save_checkpoint(tmp_path, "vae", fake_checkpoint(2))
+    monkeypatch.setattr(dalle_fast.atomic.os, "replace", replace)
+
+    loaded = load_checkpoint(tmp_path, "vae")
+    assert loaded.step == 1 and loaded.meta == first.meta
+    for got, want in ((loaded.weights, first.weights), (loaded.state, first.state)):
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    assert not list(tmp_path.glob(".*.tmp"))
+    # The next successful save moves on and prunes to the newest KEEP pairs, orphans included.
+    for step in (3, 4, 5):
+        save_checkpoint(tmp_path, "vae", fake_checkpoint(step))
+    assert load_checkpoint(tmp_path, "vae").step == 5
+    kept = sorted(p.name for p in tmp_path.glob("vae-0*"))
+    assert kept == sorted(f"vae-{s:08d}{kind}.safetensors" for s in range(6 - KEEP, 6) for kind in ("", ".state"))
+
+
+def test_a_pointer_to_a_mismatched_file_is_refused(tmp_path: Path) -> None:
+    save_checkpoint(tmp_path, "vae", fake_checkpoint(1))
+    save_checkpoint(tmp_path, "vae", fake_checkpoint(2))
+    shutil.copy(tmp_path / "vae-00000001.state.safetensors", tmp_path / "vae-00000002.state.safetensors")
+    with pytest.raises(ValueError, match="step 1"):
+        load_checkpoint(tmp_path, "vae")
+
+
+def test_user_folder_with_broken_images_trains(tmp_path: Path) -> None:
+    folder = shutil.copytree(FIXTURES / "folder", tmp_path / "data")
+    # A JPEG cut short passes the header check and fails only when decoded, during training.
+    encoded = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(encoded, "JPEG")
+    (folder / "cut.jpg").write_bytes(encoded.getvalue()[:-300])
+    (folder / "cut.txt").write_text("a photo of a blue sky\n")
+    out = tmp_path / "run"
+    with pytest.warns(UserWarning, match="skipping unreadable image"):
+        printed = run_main(["--stage", "vae", "--preset", "tiny", "--steps", "2", "--data", str(folder),
+                            "--out", str(out)])
+    assert "kept 4/7 images" in printed and "1 unreadable" in printed  # the report, printed before training
+    val_row = records(out)[-1]
+    assert val_row["split"] == "val" and "attribute_agreement" not in val_row and math.isfinite(val_row["psnr"])
+    assert Config.load(out).data.dataset == str(folder.resolve())
+
+
+def test_coco_captions_train(tmp_path: Path) -> None:
+    printed = run_main(["--stage", "vae", "--preset", "tiny", "--steps", "1", "--data",
+                        str(FIXTURES / "coco" / "captions.json"), "--images", str(FIXTURES / "coco" / "images"),
+                        "--out", str(tmp_path / "run")])
+    assert "kept 2/4 images" in printed
+    assert load_checkpoint(tmp_path / "run", "vae").step == 1
+
+
+def test_index_stream_is_seeded_epochs_of_permutations_resumable_anywhere() -> None:
+    def take(stream: IndexStream, n: int) -> list[int]:
+        it = iter(stream)
+        return [next(it) for _ in range(n)]
+
+    full = take(IndexStream(7, seed=3), 30)
+    epochs = [full[i:i + 7] for i in range(0, 28, 7)]
+    assert all(sorted(e) == list(range(7)) for e in epochs)
+    assert len({tuple(e) for e in epochs}) == 4
+    for start in (0, 5, 7, 19):
+        assert take(IndexStream(7, seed=3, start=start), 30 - start) == full[start:]
+    assert take(IndexStream(7, seed=4), 30) != full
+
+
+def test_ema_follows_the_running_average() -> None:
+    model = torch.nn.Linear(3, 2)
+    ema = EMA(model, decay=0.75)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model)
+    assert torch.allclose(ema.model.weight, 0.75 * start["weight"] + 0.25 * model.weight)
+    assert torch.equal(ema.model.bias, model.bias) and not ema.model.weight.requires_grad
+    with pytest.raises(ValueError, match="decay"):
+        EMA(model, decay=1.0)
