@@ -10,10 +10,9 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+import dalle_kernels as dk
 import torch
 from torch import nn
-
-import dalle_kernels as dk
 
 from .config import Config
 from .dvae_loss import kl_to_uniform, logit_laplace_nll, map_pixels, unmap_pixels

@@ -59,8 +59,9 @@ def test_network_structure_follows_the_config():
     assert sum(isinstance(m, torch.nn.Upsample) for m in model.decoder.modules()) == vae.num_groups - 1
     # Released-model init: weights N(0, 1/fan_in), biases zero. The encoder's last conv has
     # 8 * hidden * codebook_size weights, enough for a tight estimate of the std.
-    last = model.encoder.net[-1]
+    last, stem = model.encoder.net[-1], model.encoder.net[0]  # 1x1 from 8 * hidden; 7x7 from RGB
     assert last.weight.std().item() == pytest.approx(1 / math.sqrt(8 * vae.hidden), rel=0.05)
+    assert stem.weight.std().item() == pytest.approx(1 / math.sqrt(3 * 7 * 7), rel=0.05)
     assert all(conv.bias.abs().max() == 0 for conv in model.modules() if isinstance(conv, torch.nn.Conv2d))
 
 
@@ -95,10 +96,22 @@ def test_codebook_is_a_view_of_the_first_decoder_conv(tiny):
         weight.copy_(saved)
 
 
+@pytest.fixture
+def tiny_with_biases() -> DiscreteVAE:
+    """A tiny model whose biases are random (they start at zero), so that a bias left out shows."""
+    model = DiscreteVAE(preset("tiny"))
+    with torch.no_grad():
+        for conv in model.modules():
+            if isinstance(conv, torch.nn.Conv2d):
+                conv.bias.normal_(std=0.1)
+    return model
+
+
 @pytest.mark.parametrize("hard", [False, True])
-def test_forward_equals_a_hand_composition(tiny, hard):
+def test_forward_equals_a_hand_composition(tiny_with_biases, hard):
     """Soft (or straight-through) Gumbel one-hot through the released decoder's first 1x1 conv,
     then the rest of the decoder; the loss from the float64 formulas."""
+    tiny = tiny_with_biases
     x = images(tiny, 3)
     k, g = tiny.config.vae.codebook_size, tiny.config.vae.grid_size
     noise = torch.rand(3, k, g, g).clamp_(min=1e-6)
@@ -185,7 +198,8 @@ def test_map_pixels_round_trip():
     assert torch.equal(unmap_pixels(torch.tensor([0.0, 1.0]), EPS), torch.tensor([0.0, 1.0]))  # clamped
 
 
-def test_decode_of_encode_equals_the_hard_forward(tiny):
+def test_decode_of_encode_equals_the_hard_forward(tiny_with_biases):
+    tiny = tiny_with_biases
     x = images(tiny, 4)
     k, g = tiny.config.vae.codebook_size, tiny.config.vae.grid_size
     zero_gumbel = torch.full((4, k, g, g), ZERO_GUMBEL)  # hard sample = argmax of the logits

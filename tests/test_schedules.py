@@ -1,6 +1,7 @@
 """Schedules: the cosine, the learning rate with warmup, and the dVAE's tau / KL weight / lr,
 against closed-form values and the paper's numbers (Ramesh et al. 2021, appendix A.2)."""
 import dataclasses
+import itertools
 import math
 
 import pytest
@@ -22,7 +23,7 @@ def test_cosine_endpoints_and_middle():
 @pytest.mark.parametrize("start, end", [(1.0, 1 / 16), (0.0, 6.6)])
 def test_cosine_is_monotone(start, end):
     values = [cosine(start, end, step, 37) for step in range(50)]
-    pairs = list(zip(values, values[1:]))
+    pairs = list(itertools.pairwise(values))
     assert all(b < a for a, b in pairs[:37]) if start > end else all(b > a for a, b in pairs[:37])
     assert values[37:] == [end] * 13
 
@@ -45,7 +46,7 @@ def test_tiny_schedule_values():
     assert vae_schedule(vae, 15).kl_weight == pytest.approx(vae.kl_weight / 2)
     schedules = [vae_schedule(vae, step) for step in range(vae.optim.steps + 1)]
     assert all(b.tau <= a.tau and b.kl_weight >= a.kl_weight and b.lr <= a.lr
-               for a, b in zip(schedules, schedules[1:]))
+               for a, b in itertools.pairwise(schedules))
     assert schedules[150].tau == schedules[-1].tau == vae.tau_end
     assert schedules[-1].lr == vae.optim.lr_min
 
