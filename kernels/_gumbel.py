@@ -61,6 +61,13 @@ def noise_view(noise: torch.Tensor | None, dim: int, logits_view: RowView) -> Ro
 
 
 @triton.jit
+def row_block(start, N, I, BLOCK_R: tl.constexpr):
+    """Rows ``start ... start + BLOCK_R - 1`` (int64) of the (O, K, I) view: rows, mask, o, i."""
+    rows = start + tl.arange(0, BLOCK_R).to(tl.int64)
+    return rows, rows < N, rows // I, rows % I
+
+
+@triton.jit
 def gumbel_scores(x_ptr, noise_ptr, seed, tau, rows, row_mask, x_row, noise_row, cols, K,
                   stride_x_k, stride_noise_k, HAS_NOISE: tl.constexpr):
     """z = (logits + g) / tau, float32, for a (BLOCK_R, BLOCK_K) tile of rows x categories ``cols``

@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from ..._memory import new_output
-from ..._gumbel import gumbel_scores, noise_view, online_softmax_step
+from ..._gumbel import gumbel_scores, noise_view, online_softmax_step, row_block
 from ..._strided import row_view
 
 MAX_BLOCK_K = 8192  # categories held in registers at once; larger K takes the two-pass path
@@ -45,9 +45,7 @@ def _gumbel_softmax_forward_kernel(
     HAS_NOISE: tl.constexpr, HARD: tl.constexpr, WRITE_SOFT: tl.constexpr,
 ):
     # y_ptr gets the sample (the one-hot when HARD); soft_ptr the soft sample when WRITE_SOFT.
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
-    row_mask = rows < N
-    o, i = rows // I, rows % I
+    rows, row_mask, o, i = row_block(tl.program_id(0).to(tl.int64) * BLOCK_R, N, I, BLOCK_R)
     x_row = o * stride_x_o + i * stride_x_i
     noise_row = o * stride_noise_o + i * stride_noise_i
     out_row = o * K * I + i  # outputs are contiguous (O, K, I)
@@ -102,9 +100,7 @@ def _gumbel_softmax_backward_kernel(
     # dot = sum_j y_j dy_j / sum_j y_j. The saved y (16-bit for 16-bit logits) does not sum to 1
     # exactly; normalizing makes dy_k - dot = sum_j y_j (dy_k - dy_j) / sum_j y_j, which stays
     # accurate when one y_j is close to 1 instead of cancelling that entry's rounding error.
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
-    row_mask = rows < N
-    o, i = rows // I, rows % I
+    rows, row_mask, o, i = row_block(tl.program_id(0).to(tl.int64) * BLOCK_R, N, I, BLOCK_R)
     dy_row = o * stride_dy_o + i * stride_dy_i
     out_row = o * K * I + i  # y and dx are contiguous (O, K, I)
     cols = tl.arange(0, BLOCK_K).to(tl.int64)  # int64: cols * stride_k can pass 2**31

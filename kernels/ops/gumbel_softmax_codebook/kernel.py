@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..._gumbel import gumbel_scores, noise_view, online_softmax_step
+from ..._gumbel import gumbel_scores, noise_view, online_softmax_step, row_block
 from ..._memory import new_output
 from ..._strided import row_view
 from ..codebook_lookup.kernel import codebook_lookup_backward
@@ -31,13 +31,6 @@ MAX_BLOCK_D = 128  # codebook columns per tile; larger D takes several tiles
 NUM_WARPS = 8
 MIN_DCODEBOOK_PROGRAMS = 512  # split the rows of the dcodebook reduction until the grid has this many programs
 DOT_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}
-
-
-@triton.jit
-def _row_block(start, N, I, BLOCK_R: tl.constexpr):
-    """Rows ``start ... start + BLOCK_R - 1`` (int64) of the (O, K, I) view: rows, mask, o, i."""
-    rows = start + tl.arange(0, BLOCK_R).to(tl.int64)
-    return rows, rows < N, rows // I, rows % I
 
 
 @triton.jit
@@ -57,7 +50,7 @@ def _gumbel_softmax_codebook_forward_kernel(
     # Program (row block, D tile). out_ptr gets the sample: sum_k p_k c_k, or c_argmax when HARD, in
     # which case soft_ptr gets the float32 soft sum when SOFT. SAVE: store lse (and the argmax when
     # HARD) for the backward.
-    rows, row_mask, o, i = _row_block(tl.program_id(0).to(tl.int64) * BLOCK_R, N, I, BLOCK_R)
+    rows, row_mask, o, i = row_block(tl.program_id(0).to(tl.int64) * BLOCK_R, N, I, BLOCK_R)
     x_row = o * stride_x_o + i * stride_x_i
     noise_row = o * stride_noise_o + i * stride_noise_i
     d = tl.program_id(1).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -105,7 +98,7 @@ def _gumbel_softmax_codebook_dlogits_kernel(
     BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     # dlogits for one block of rows, written block of K by block of K; p recomputed, never loaded.
-    rows, row_mask, o, i = _row_block(tl.program_id(0).to(tl.int64) * BLOCK_R, N, I, BLOCK_R)
+    rows, row_mask, o, i = row_block(tl.program_id(0).to(tl.int64) * BLOCK_R, N, I, BLOCK_R)
     x_row = o * stride_x_o + i * stride_x_i
     noise_row = o * stride_noise_o + i * stride_noise_i
     dx_row = o * stride_dx_o + i * stride_dx_i
@@ -149,7 +142,7 @@ def _gumbel_softmax_codebook_dcodebook_kernel(
     split = tl.program_id(2).to(tl.int64)
     acc = tl.zeros((BLOCK_K, BLOCK_D), tl.float32)
     for r0 in range(0, rows_per_split, BLOCK_R):
-        rows, row_mask, o, i = _row_block(split * rows_per_split + r0, N, I, BLOCK_R)
+        rows, row_mask, o, i = row_block(split * rows_per_split + r0, N, I, BLOCK_R)
         x_row = o * stride_x_o + i * stride_x_i
         noise_row = o * stride_noise_o + i * stride_noise_i
         z = gumbel_scores(x_ptr, noise_ptr, seed, tau, rows, row_mask, x_row, noise_row, k, K,
