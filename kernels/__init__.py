@@ -9,6 +9,8 @@ from .ops.codebook_lookup import codebook_lookup
 from .ops.gumbel_softmax import gumbel_softmax
 from .ops.gumbel_softmax_codebook import gumbel_softmax_codebook
 from .ops.nearest_codebook import nearest_codebook
+from .ops.sparse_attention import dalle_mask, sparse_attention, sparse_attention_decode
 
-__all__ = ["backend_for", "gumbel_softmax", "gumbel_softmax_codebook", "codebook_lookup", "nearest_codebook"]
+__all__ = ["backend_for", "gumbel_softmax", "gumbel_softmax_codebook", "codebook_lookup", "nearest_codebook",
+           "dalle_mask", "sparse_attention", "sparse_attention_decode"]
 __version__ = "0.1.0"
