@@ -6,7 +6,6 @@ Runs are the tiny preset shortened to a few steps, on the CPU, in-process throug
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import io
 import json
@@ -15,7 +14,6 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +21,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+from stage_runs import check_exact_resume, one_thread, records, resume_config, run_main  # noqa: F401 - a fixture
 
 import dalle_fast.atomic
 import dalle_fast.train.vae
@@ -32,7 +31,7 @@ from dalle_fast.data import ShapesDataset
 from dalle_fast.dvae import DiscreteVAE
 from dalle_fast.ema import EMA
 from dalle_fast.grid import PADDING
-from dalle_fast.train import main, train
+from dalle_fast.train import main
 from dalle_fast.train.data import IndexStream
 from dalle_fast.train.vae_eval import GRID_IMAGES
 
@@ -43,35 +42,10 @@ VAL_KEYS = {"stage", "split", "step", "psnr", "codes_used", "perplexity", "attri
 STEPS = 4  # of the shared CLI run
 
 
-def run_main(argv: list[str]) -> str:
-    """``main(argv)``, which must succeed; returns what it printed."""
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert main(argv) == 0
-    return out.getvalue()
-
-
-def records(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def without_seconds(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """The tiny model's convolutions run faster on one thread than on two that compete with other
-    jobs for a shared CI machine's cores (these tests check behaviour, not speed)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """A finished ``--preset tiny --steps 4`` run (default ``--stage all``) and what it printed."""
+    """A finished ``--preset tiny --steps 4`` run (default ``--stage all``: tokenizer, vae and
+    clip, 4 steps each) and what it printed."""
     run_dir = tmp_path_factory.mktemp("train") / "tiny"
     return run_dir, run_main(["--preset", "tiny", "--steps", str(STEPS), "--out", str(run_dir)])
 
@@ -80,10 +54,11 @@ def test_cli_run_writes_config_metrics_grid_and_checkpoint(tiny_run: tuple[Path,
     run_dir, printed = tiny_run
     config = Config.load(run_dir)
     expected = preset("tiny")
-    assert config == dataclasses.replace(expected, vae=dataclasses.replace(
-        expected.vae, optim=dataclasses.replace(expected.vae.optim, steps=STEPS)))
+    assert config == dataclasses.replace(expected, **{name: dataclasses.replace(
+        getattr(expected, name), optim=dataclasses.replace(getattr(expected, name).optim, steps=STEPS))
+        for name in ("vae", "transformer", "clip")})
 
-    train_row, val_row = records(run_dir)  # log_every and eval_every exceed 4: both come from the last step
+    train_row, val_row = [r for r in records(run_dir) if r["stage"] == "vae"]  # log_every and eval_every exceed 4: both come from the last step
     assert set(train_row) == TRAIN_KEYS and set(val_row) == VAL_KEYS
     assert [(r["stage"], r["split"], r["step"]) for r in (train_row, val_row)] == [("vae", "train", 4),
                                                                                    ("vae", "val", 4)]
@@ -126,7 +101,8 @@ def test_cli_run_writes_config_metrics_grid_and_checkpoint(tiny_run: tuple[Path,
         assert torch.allclose(top_tile, images[column], atol=0.5 / 255 + 1e-6)
         assert torch.allclose(bottom_tile, recon[column], atol=0.5 / 255 + 1e-6)
 
-    assert "not built yet" in printed and all(stage in printed for stage in ("tokenizer", "dalle", "clip"))
+    assert "not built yet (coming in issue 5), skipped: dalle\n" in printed
+    assert all(f"{stage}: " in printed for stage in ("tokenizer", "vae", "clip"))
     assert f"val PSNR {val_row['psnr']:.2f} dB" in printed
 
 
@@ -151,7 +127,7 @@ def test_existing_run_needs_resume_and_the_same_config(tiny_run: tuple[Path, str
 @pytest.mark.parametrize("argv, message", [
     (["--preset", "huge"], "invalid choice: 'huge'"),
     (["--stage", "dalle"], "the dalle stage is not built yet (coming in issue 5)"),
-    (["--stage", "clip"], "the clip stage is not built yet"),
+    (["--stage", "clip"], "tokenizer.json is missing: run the tokenizer stage first"),
     (["--steps", "0"], "--steps: must be a positive integer, got '0'"),
     (["--data", "{tmp}/missing"], "--data: no such file or folder"),
     (["--data", str(FIXTURES / "coco" / "captions.json")], "--images: required with the captions JSON"),
@@ -174,50 +150,8 @@ def test_help_runs_as_a_module(tmp_path: Path) -> None:
                                                   "--steps"))
 
 
-def resume_config() -> Config:
-    """tiny, 8 steps, with the EMA and gradient clipping on; a train split of 40 samples so the
-    32-sample batches straddle epochs; a checkpoint at step 4."""
-    config = preset("tiny")
-    optim = dataclasses.replace(config.vae.optim, steps=8, ema_decay=0.9, grad_clip=1.0)
-    return dataclasses.replace(
-        config, vae=dataclasses.replace(config.vae, optim=optim),
-        data=dataclasses.replace(config.data, train_size=40, val_size=16),
-        train=dataclasses.replace(config.train, log_every=2, eval_every=4, checkpoint_every=4))
-
-
 def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tmp_path: Path, monkeypatch) -> None:
-    config = resume_config()
-    train(config, tmp_path / "straight", "vae")
-
-    crash_at = 6  # the update with index 6: steps 5 and 6 (and its log line) are done after the step-4 checkpoint
-    schedule = dalle_fast.train.vae.vae_schedule
-
-    def crashing_schedule(vae, step):
-        if step == crash_at:
-            raise RuntimeError("simulated crash")
-        return schedule(vae, step)
-
-    resumed = tmp_path / "resumed"
-    with monkeypatch.context() as patch:
-        patch.setattr(dalle_fast.train.vae, "vae_schedule", crashing_schedule)
-        with pytest.raises(RuntimeError, match="simulated crash"):
-            train(config, resumed, "vae")
-    assert load_checkpoint(resumed, "vae").step == 4
-    assert records(resumed)[-1]["step"] == 6
-    torch.manual_seed(1234)  # the resumed run must not depend on the RNG state it starts in
-    train(config, resumed, "vae", resume=True)
-
-    a, b = load_checkpoint(tmp_path / "straight", "vae"), load_checkpoint(resumed, "vae")
-    assert a.step == b.step == 8
-    assert any(name.startswith("ema.") for name in a.weights)
-    for got, want in ((b.weights, a.weights), (b.state, a.state)):
-        assert got.keys() == want.keys()
-        for name in want:
-            assert torch.equal(got[name], want[name]), name
-    assert b.meta["samples_seen"] == a.meta["samples_seen"] == 8 * 32
-    assert without_seconds(records(resumed)) == without_seconds(records(tmp_path / "straight"))
-    assert [(r["split"], r["step"]) for r in records(resumed)] == [
-        ("train", 2), ("train", 4), ("val", 4), ("train", 6), ("train", 8), ("val", 8)]
+    check_exact_resume(resume_config("vae"), "vae", tmp_path, monkeypatch, dalle_fast.train.vae, "vae_schedule")
 
 
 def fake_checkpoint(step: int) -> Checkpoint:

@@ -99,6 +99,10 @@ class CaptionedImages(Dataset):
         """Draw captions for ``epoch`` (items' images do not change)."""
         self.epoch = operator.index(epoch)
 
+    def captions(self, i: int) -> tuple[str, ...]:
+        """Every kept caption of item ``i`` (the one it gets is drawn from these each epoch)."""
+        return self.records[i].captions
+
     def caption(self, i: int) -> str:
         """The caption item ``i`` gets in the current epoch."""
         captions = self.records[i].captions

@@ -110,6 +110,11 @@ class ShapesDataset(Dataset):
         """Attributes of sample ``i`` (what its caption says and its image shows)."""
         return self._sample(i)[0]
 
+    def captions(self, i: int) -> tuple[str]:
+        """Every caption of sample ``i``: its one caption, without rendering the image."""
+        attrs, template = self._sample(i)
+        return (caption(attrs, template),)
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
         attrs, template = self._sample(i)
         return render(attrs, self.image_size), caption(attrs, template)

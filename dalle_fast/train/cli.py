@@ -4,7 +4,10 @@
         [--data shapes | --data DIR | --data captions.json --images DIR]
         [--out runs/<preset>] [--resume] [--steps N]
 
-Stages not built yet are named and skipped by ``--stage all`` and refused by name.
+Stages not built yet are named and skipped by ``--stage all`` and refused by name. ``--steps N``
+sets the optimizer steps of every stage the command runs that has them (``vae``, ``dalle``,
+``clip``: ``vae.optim.steps``, ``transformer.optim.steps``, ``clip.optim.steps``), saved in
+config.json; the tokenizer stage has none.
 """
 from __future__ import annotations
 
@@ -15,15 +18,22 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..config import PRESETS, Config, preset
+from .clip import STAGE as CLIP_STAGE
+from .clip import train_clip_stage
 from .data import TrainData, load_data
 from .errors import UsageError
 from .rundir import check_run_dir, saved_config
+from .tokenizer import STAGE as TOKENIZER_STAGE
+from .tokenizer import load_tokenizer, train_tokenizer_stage
 from .vae import STAGE as VAE_STAGE
 from .vae import train_vae
 
 STAGES = ("tokenizer", "vae", "dalle", "clip")  # in the order --stage all runs them
 # stage -> its trainer: (config, run dir, data, resume) -> a summary line of the result
-BUILT: dict[str, Callable[[Config, Path, TrainData, bool], str]] = {VAE_STAGE: train_vae}
+BUILT: dict[str, Callable[[Config, Path, TrainData, bool], str]] = {
+    TOKENIZER_STAGE: train_tokenizer_stage, VAE_STAGE: train_vae, CLIP_STAGE: train_clip_stage}
+NEEDS_TOKENIZER = ("dalle", "clip")  # stages that read the run's tokenizer.json
+STEPS_SECTION = {"vae": "vae", "dalle": "transformer", "clip": "clip"}  # stage -> config section it trains
 COMING_IN = "issue 5"  # where the stages not built yet are coming
 DEFAULT_PRESET = "demo"
 
@@ -43,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from its latest checkpoint (start it if it has none)")
     parser.add_argument("--steps", type=_positive_int,
-                        help="optimizer steps of the vae stage (overrides the preset; saved in config.json)")
+                        help="optimizer steps of each stage this command runs (vae, dalle, clip; with --stage "
+                             "all, all three); overrides the preset and is saved in config.json")
     return parser
 
 
@@ -66,11 +77,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def resolve_config(args: argparse.Namespace, saved: Config | None) -> Config:
     """The run's config: ``saved`` when resuming without --preset, else the preset; then the
-    --steps and --data overrides."""
+    --steps (for the sections of the stages run) and --data overrides."""
     config = saved if saved is not None and args.preset is None else preset(args.preset or DEFAULT_PRESET)
     if args.steps is not None:
-        config = dataclasses.replace(config, vae=dataclasses.replace(
-            config.vae, optim=dataclasses.replace(config.vae.optim, steps=args.steps)))
+        sections = [STEPS_SECTION[s] for s in (STAGES if args.stage == "all" else (args.stage,)) if s in STEPS_SECTION]
+        if not sections:
+            raise UsageError(f"--steps: the {args.stage} stage has no optimizer steps")
+        for name in sections:
+            section = getattr(config, name)
+            config = dataclasses.replace(config, **{name: dataclasses.replace(
+                section, optim=dataclasses.replace(section.optim, steps=args.steps))})
     if args.data is not None:
         dataset = args.data if args.data == "shapes" else str(Path(args.data).expanduser().resolve())
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, dataset=dataset))
@@ -86,6 +102,8 @@ def train(config: Config, out: Path, stage: str = "all", resume: bool = False, i
     if pending:
         print(f"not built yet (coming in {COMING_IN}), skipped: {', '.join(pending)}")
     check_run_dir(out, config, resume)
+    if TOKENIZER_STAGE not in stages and any(s in NEEDS_TOKENIZER for s in stages):
+        load_tokenizer(config, out)  # missing or mismatched: fail before writing anything
     data = load_data(config, images)
     if data.report is not None:
         print(data.report)

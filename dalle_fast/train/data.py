@@ -78,6 +78,17 @@ def _build(make: Callable[[], Dataset], path: Path) -> Dataset:
         raise UsageError(f"--data {path}: {e}") from None
 
 
+def dataset_captions(dataset: Dataset, limit: int | None = None) -> list[str]:
+    """Every caption of the first ``limit`` items (all if None) of ``dataset``, read through the
+    datasets' ``captions(i)`` accessor without loading an image; ``dataset`` is a
+    :class:`~dalle_fast.data.ShapesDataset`, a captioned user dataset, or a ``Subset`` of one."""
+    if isinstance(dataset, Subset):
+        source, indices = dataset.dataset, list(dataset.indices)
+    else:
+        source, indices = dataset, range(len(dataset))
+    return [text for i in indices[:limit] for text in source.captions(i)]
+
+
 class IndexStream(Sampler[int]):
     """An endless stream of indices into a dataset of ``size`` items: epoch ``e`` is a permutation
     of ``range(size)`` drawn from a generator seeded with ``(seed, e)``; iteration starts at

@@ -18,6 +18,14 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], optim: OptimConfig) -> 
                              weight_decay=optim.weight_decay)
 
 
+def decay_matrices_only(model: torch.nn.Module) -> list[dict[str, Any]]:
+    """Parameter groups that exempt biases, norm gains and scalars (parameters of fewer than 2
+    dimensions) from weight decay: ``[{"params": matrices}, {"params": rest, "weight_decay": 0.0}]``."""
+    params = list(model.parameters())
+    return [{"params": [p for p in params if p.ndim >= 2]},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """Set the learning rate of every parameter group."""
     for group in optimizer.param_groups:
