@@ -4,6 +4,7 @@ import torch
 
 import dalle_kernels as dk
 from dalle_kernels.backend import ENV_VAR
+from dalle_kernels.ops import sparse_attention as sparse_attention_op
 
 
 def test_auto_picks_reference_for_cpu_tensors(monkeypatch):
@@ -42,11 +43,14 @@ def _ops():
     """Each public op on small CPU inputs, returning a differentiable output."""
     logits = torch.randn(5, 7, requires_grad=True)
     codebook = torch.randn(7, 3, requires_grad=True)
+    mask = dk.dalle_mask("row", 3, 2, block=16)
+    q = torch.randn(1, 2, mask.seq_len, 16, requires_grad=True)
     return {
         "gumbel_softmax": lambda: dk.gumbel_softmax(logits),
         "gumbel_softmax_codebook": lambda: dk.gumbel_softmax_codebook(logits, codebook),
         "codebook_lookup": lambda: dk.codebook_lookup(torch.tensor([0, 6, 2]), codebook),
         "nearest_codebook": lambda: dk.nearest_codebook(torch.randn(4, 3), codebook)[1],
+        "sparse_attention": lambda: dk.sparse_attention(q, q, q, mask),
     }
 
 
@@ -58,3 +62,22 @@ def test_every_op_dispatches_on_the_backend(monkeypatch, op):
     assert "Function" not in type(_ops()[op]().grad_fn).__name__
     monkeypatch.setenv(ENV_VAR, "triton")
     assert "Function" in type(_ops()[op]().grad_fn).__name__
+
+
+def test_sparse_attention_decode_dispatches_on_the_backend(monkeypatch):
+    """Decoding carries no gradient, so the dispatch is seen through the launcher the Triton path calls."""
+    calls = []
+
+    def launcher(q, *args):
+        calls.append(q)
+        return torch.zeros_like(q)
+
+    monkeypatch.setattr(sparse_attention_op, "sparse_attention_decode_forward", launcher)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    mask = dk.dalle_mask("column", 3, 2, block=16)
+    q, cache = torch.randn(1, 2, 1, 16), torch.randn(1, 2, mask.seq_len, 16)
+    monkeypatch.setenv(ENV_VAR, "reference")
+    assert not torch.equal(dk.sparse_attention_decode(q, cache, cache, mask, 4), torch.zeros_like(q)) and not calls
+    monkeypatch.setenv(ENV_VAR, "triton")
+    dk.sparse_attention_decode(q, cache, cache, mask, 4)
+    assert len(calls) == 1

@@ -24,4 +24,5 @@ def test_public_api_names(tmp_path):
     result = _run("import dalle_kernels as dk; print(sorted(dk.__all__))", tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(sorted(
-        ["backend_for", "gumbel_softmax", "gumbel_softmax_codebook", "codebook_lookup", "nearest_codebook"]))
+        ["backend_for", "gumbel_softmax", "gumbel_softmax_codebook", "codebook_lookup", "nearest_codebook",
+         "dalle_mask", "sparse_attention", "sparse_attention_decode"]))

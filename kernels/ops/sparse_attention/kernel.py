@@ -105,11 +105,11 @@ def _forward_tile(q, q_pos, kb, k_ptr, v_ptr, m, l, acc, S, T, W, HALF, Dh, scal
     k = _load_rows(k_ptr, k_rows, k_inside, d, Dh, stride_ks, stride_kd)
     v = _load_rows(v_ptr, k_rows, k_inside, d, Dh, stride_vs, stride_vd)
     s = _scores(q, k, q_pos, k_pos, S, T, W, HALF, scale_log2, KIND, MASKED)
+    # m_new is finite: the first tile a row visits is full, or key block 0, and key 0 (text) is
+    # allowed to every row (text_len >= 1), so no row ever subtracts -inf from -inf.
     m_new = tl.maximum(m, tl.max(s, 1))
-    # A row with nothing allowed so far keeps m = -inf: subtract 0 instead, so p = 0, not NaN.
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    alpha = tl.exp2(m - m_safe)  # rescales what was summed under the old maximum
-    p = tl.exp2(s - m_safe[:, None])
+    alpha = tl.exp2(m - m_new)  # rescales what was summed under the old maximum
+    p = tl.exp2(s - m_new[:, None])
     l = l * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
     return m_new, l, acc
