@@ -3,10 +3,13 @@
 A case is one op at one shape, run by several contenders: ``dalle_kernels`` (the public ``dk.``
 function on the DEFAULT backend: the Triton kernels for CUDA tensors, the PyTorch reference for
 CPU tensors) and the peers a user would pick instead (``F.gumbel_softmax``, ``torch.compile`` of
-it, gumbel-softmax + matmul, ``F.embedding``, ``torch.cdist`` + argmin). On a GPU the shapes are
-the paper's dVAE (batch 8, 32x32 latent grid, K = 8192 codes) in bfloat16; on a CPU they are
-small float32 shapes, so the CPU suites time the reference against the eager peers. The Triton
-interpreter is never benchmarked: its timings say nothing about a GPU.
+it, gumbel-softmax + matmul, ``F.embedding``, ``torch.cdist`` + argmin; for attention SDPA with
+the dense bool mask, SDPA causal on the flash backend, compiled FlexAttention with the same
+mask). On a GPU the shapes are the paper's dVAE (batch 8, 32x32 latent grid, K = 8192 codes) and
+the paper's transformer attention (T = 256 text + 32x32 image tokens, head dim 64, batch 8,
+16 heads) in bfloat16; on a CPU they are small float32 shapes, so the CPU suites time the
+reference against the eager peers. The Triton interpreter is never benchmarked: its timings say
+nothing about a GPU.
 
 Each case states the bytes an implementation must move (inputs read once + outputs written once,
 for GB/s) and, where matmuls dominate, the useful FLOPs (for TFLOP/s); both are the same for
@@ -19,8 +22,11 @@ from typing import Any, Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 import dalle_kernels as dk
+from dalle_kernels.ops.sparse_attention import DalleMask
 
 ON_GPU = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if ON_GPU else "cpu")
@@ -51,6 +57,29 @@ SIZES = DVAE if ON_GPU else CPU_SIZES
 
 
 @dataclass(frozen=True)
+class AttentionSizes:
+    """Transformer attention: q, k, v (batch, heads, S, head_dim), S = text_len + image_size**2."""
+    batch: int
+    heads: int
+    text_len: int
+    image_size: int
+    head_dim: int
+
+    def mask(self, kind: str) -> DalleMask:
+        return dk.dalle_mask(kind, self.text_len, self.image_size)
+
+    @property
+    def qkv_shape(self) -> tuple[int, int, int, int]:
+        return self.batch, self.heads, self.text_len + self.image_size**2, self.head_dim
+
+
+PAPER_ATTENTION = AttentionSizes(batch=8, heads=16, text_len=256, image_size=32, head_dim=64)
+CPU_ATTENTION = AttentionSizes(batch=2, heads=2, text_len=16, image_size=8, head_dim=32)
+ATTENTION_SIZES = PAPER_ATTENTION if ON_GPU else CPU_ATTENTION
+ATTENTION_KINDS = ("full", "row", "column", "conv")
+
+
+@dataclass(frozen=True)
 class Contender:
     """One implementation of a case, called with the case's inputs as keyword arguments."""
     name: str
@@ -71,13 +100,14 @@ class Case:
     indices: tuple[tuple[int, ...], int] | None = None  # (shape, K): an int64 ``indices`` input in [0, K)
     options: dict[str, Any] = field(default_factory=dict)  # non-tensor keyword arguments
     output: Callable[[Any], torch.Tensor] = lambda result: result  # the differentiable output
+    modes: tuple[bool, ...] = (False, True)  # backward off / on: fwd, fwd+bwd
 
     def describe(self) -> str:
-        """Shapes and options, e.g. ``logits (8, 8192, 32, 32), dim=1``."""
+        """Name, shapes and options, e.g. ``channels-first: logits (8, 8192, 32, 32), dim=1``."""
         parts = [f"{name} {shape}" for name, shape in self.floats.items()]
         if self.indices is not None:
             parts.insert(0, f"indices {self.indices[0]}")
-        return ", ".join(parts + [f"{key}={value}" for key, value in self.options.items()])
+        return f"{self.name}: " + ", ".join(parts + [f"{key}={value}" for key, value in self.options.items()])
 
 
 class Run(NamedTuple):
@@ -179,14 +209,99 @@ def nearest_codebook_cases(s: Sizes = SIZES) -> list[Case]:
                  flops=(2 * n * k * d, 2 * n * k * d), output=lambda result: result[1])]
 
 
-def all_cases(s: Sizes = SIZES) -> list[Case]:
+@functools.cache
+def dense_mask(mask: DalleMask) -> torch.Tensor:
+    """``mask.dense()`` on DEVICE, built once (SDPA's bool attn_mask: True = may attend)."""
+    return mask.dense(DEVICE)
+
+
+@functools.cache
+def flex_block_mask(mask: DalleMask) -> BlockMask:
+    """FlexAttention's BlockMask of ``mask`` on DEVICE (its own 128 x 128 blocks), built once."""
+    s = mask.seq_len
+    return create_block_mask(lambda b, h, q_idx, kv_idx: mask.allows(q_idx, kv_idx), None, None, s, s, device=DEVICE)
+
+
+def sdpa_causal_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Dense causal attention on SDPA's flash backend: the lower bound of not exploiting the mask."""
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def allowed_entries(mask: DalleMask) -> int:
+    """Number of (query, key) pairs ``mask`` allows."""
+    return int(dense_mask(mask).sum())
+
+
+def sparse_attention_cases(s: AttentionSizes = ATTENTION_SIZES) -> list[Case]:
+    """One case per mask kind: q, k, v (B, H, S, Dh), against SDPA (dense mask; causal flash) and
+    compiled FlexAttention with the same mask (not for ``full``, which is causal attention: that
+    keeps torch.compile's recompiles of flex_attention (3 masks x fwd, fwd+bwd) under its limit of 8)."""
+    b, h, seq, d = s.qkv_shape
+    e = DTYPE.itemsize
+    cases = []
+    for kind in ATTENTION_KINDS:
+        mask = s.mask(kind)
+        contenders = (
+            Contender(OURS, lambda q, k, v, mask=mask: dk.sparse_attention(q, k, v, mask)),
+            Contender("SDPA dense mask",
+                      lambda q, k, v, mask=mask: F.scaled_dot_product_attention(q, k, v, attn_mask=dense_mask(mask))),
+            Contender("SDPA causal flash", sdpa_causal_flash),
+        )
+        if kind != "full":
+            contenders += (Contender(
+                "FlexAttention compiled",
+                lambda q, k, v, mask=mask: compiled(flex_attention)(q, k, v, block_mask=flex_block_mask(mask)),
+                gpu_only=True),)
+        # FLOPs over allowed entries only: fwd q k^T and p v (2 * 2 * Dh per entry); bwd p^T dO, dO v^T,
+        # dS k and dS^T q (4 * 2 * Dh). Bytes: fwd reads q, k, v and writes out; bwd reads q, k, v,
+        # out, dout and writes dq, dk, dv.
+        entries = allowed_entries(mask) * b * h
+        cases.append(Case("sparse_attention", kind, {"q": s.qkv_shape, "k": s.qkv_shape, "v": s.qkv_shape},
+                          contenders, bytes=(4 * b * h * seq * d * e, 12 * b * h * seq * d * e),
+                          flops=(4 * entries * d, 12 * entries * d)))
+    return cases
+
+
+def decode_loop(attend: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """A generation loop's attention: ``attend(q_p, k, v, p)`` for every position p in turn, q_p
+    (B, H, 1, Dh) taken from q (B, H, S, Dh), k and v the full (B, H, S, Dh) caches."""
+    def loop(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return [attend(q[:, :, p:p + 1], k, v, p) for p in range(q.shape[2])][-1]
+    return loop
+
+
+def sparse_attention_decode_cases(s: AttentionSizes = ATTENTION_SIZES) -> list[Case]:
+    """One case per sparse kind: all S steps of cached decoding (forward only), against dense SDPA
+    over the whole cache with the position's mask row."""
+    b, h, seq, d = s.qkv_shape
+    e = DTYPE.itemsize
+    cases = []
+    for kind in ATTENTION_KINDS[1:]:
+        mask = s.mask(kind)
+        contenders = (
+            Contender(OURS, decode_loop(lambda q, k, v, p, mask=mask: dk.sparse_attention_decode(q, k, v, mask, p))),
+            Contender("SDPA over the full cache", decode_loop(
+                lambda q, k, v, p, mask=mask: F.scaled_dot_product_attention(q, k, v,
+                                                                             attn_mask=dense_mask(mask)[p:p + 1]))),
+        )
+        # Over all steps: each allowed key row of k and v read once per query (2 * 2 * Dh FLOPs
+        # per entry), each query read and each output written once.
+        entries = allowed_entries(mask) * b * h
+        cases.append(Case("sparse_attention_decode", kind, {"q": s.qkv_shape, "k": s.qkv_shape, "v": s.qkv_shape},
+                          contenders, bytes=((2 * entries + 2 * b * h * seq) * d * e,) * 2,
+                          flops=(4 * entries * d,) * 2, modes=(False,)))
+    return cases
+
+
+def all_cases(s: Sizes = SIZES, a: AttentionSizes = ATTENTION_SIZES) -> list[Case]:
     return (gumbel_softmax_cases(s) + gumbel_softmax_codebook_cases(s) + codebook_lookup_cases(s)
-            + nearest_codebook_cases(s))
+            + nearest_codebook_cases(s) + sparse_attention_cases(a) + sparse_attention_decode_cases(a))
 
 
 def runs(case_list: list[Case], on_gpu: bool = ON_GPU) -> list[Run]:
-    """Every (case, contender, fwd / fwd+bwd) of ``case_list`` to benchmark on this machine."""
-    return [Run(case, contender, backward) for case in case_list for backward in (False, True)
+    """Every (case, contender, mode) of ``case_list`` to benchmark on this machine."""
+    return [Run(case, contender, backward) for case in case_list for backward in case.modes
             for contender in case.contenders if on_gpu or not contender.gpu_only]
 
 

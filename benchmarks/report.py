@@ -1,4 +1,5 @@
-"""GPU benchmark report of the dalle_kernels ops against their peers, at the paper's dVAE shapes.
+"""GPU benchmark report of the dalle_kernels ops against their peers, at the paper's dVAE and
+transformer-attention shapes.
 
 Run from the repository root on a CUDA machine: ``python benchmarks/report.py``. For every case of
 ``cases.py`` (bfloat16) and every contender, forward and forward + backward, it records the
@@ -102,6 +103,20 @@ def evaluate_targets(records: list[dict], copy_gbps: float) -> list[dict]:
             (f"nearest_codebook {case.name} fwd: peak memory / 2*(outputs + codebook) = {allowance / MiB:.1f} MiB",
              ours and ours["peak_extra_MiB"] * MiB / allowance, "<=", 1.0),
         ]
+    for case in cases.sparse_attention_cases():
+        if case.name == "full":
+            continue  # no target: full is dense causal attention
+        args = ("sparse_attention", case.name, "fwd+bwd")
+        checks.append((f"sparse_attention {case.name} fwd+bwd: speedup vs compiled FlexAttention",
+                       ratio("ms", *args, "FlexAttention compiled", cases.OURS), ">=", 1.2))
+        if case.name in ("row", "column"):
+            checks.append((f"sparse_attention {case.name} fwd+bwd: speedup vs SDPA causal flash (dense)",
+                           ratio("ms", *args, "SDPA causal flash", cases.OURS), ">=", 2.5))
+    for case in cases.sparse_attention_decode_cases():
+        checks.append((f"sparse_attention_decode {case.name}, {case.floats['q'][2]} steps: speedup per step vs "
+                       "SDPA over the full cache",
+                       ratio("ms", "sparse_attention_decode", case.name, "fwd", "SDPA over the full cache", cases.OURS),
+                       ">=", 5.0))
     return [{"target": what, "achieved": value, "goal": f"{sense} {goal}",
              "verdict": "PASS" if value is not None and (value >= goal if sense == ">=" else value <= goal) else "MISS"}
             for what, value, sense, goal in checks]
