@@ -120,6 +120,14 @@ def test_non_contiguous_inputs(device, kind):
     check_against_oracles(q, k, v, make_mask(kind, shape), loop_mask(kind, *shape[:3]), torch.float32)
 
 
+@pytest.mark.parametrize("head_dim", [1, 80, 128])
+def test_head_dims(device, head_dim):
+    # The ends of the supported range, and a head dim padded from 80 to a 128-wide tile.
+    shape = (5, 5, 3, head_dim, 1, 2)
+    check_against_oracles(*random_qkv(shape, device), make_mask("conv", shape), loop_mask("conv", *shape[:3]),
+                          torch.float32)
+
+
 def test_custom_scale(device):
     shape = SHAPES[0]
     check_against_oracles(*random_qkv(shape, device), make_mask("row", shape), loop_mask("row", *shape[:3]),

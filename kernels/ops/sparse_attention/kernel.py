@@ -36,7 +36,7 @@ def _raster_rows(pos, T, W, COLUMN_MAJOR: tl.constexpr):
     """Raster sequence index held at kernel position ``pos`` (see ``DalleMask.kernel_order``)."""
     if COLUMN_MAJOR:  # image position T + c*W + r holds raster T + r*W + c
         a = pos - T
-        return tl.where(pos < T, pos, T + (a % W) * W + a // W)
+        pos = tl.where(pos < T, pos, T + (a % W) * W + a // W)
     return pos
 
 
