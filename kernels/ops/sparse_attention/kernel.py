@@ -72,9 +72,10 @@ def _head(ptr, bh, H, stride_b, stride_h):
 
 @triton.jit
 def _block_rows(blk, S, T, W, COLUMN_MAJOR: tl.constexpr, BLOCK: tl.constexpr):
-    """Kernel positions of block ``blk``, which of them lie inside S, and the raster rows they hold."""
+    """Kernel positions of block ``blk``, which of them lie inside S, and the raster rows they hold
+    (int64: ``row * stride`` stays exact for any layout)."""
     pos = blk * BLOCK + tl.arange(0, BLOCK)
-    return pos, pos < S, _raster_rows(pos, T, W, COLUMN_MAJOR)
+    return pos, pos < S, _raster_rows(pos, T, W, COLUMN_MAJOR).to(tl.int64)
 
 
 @triton.jit
@@ -281,7 +282,7 @@ def _sparse_attention_decode_kernel(
     for start in range(0, num_keys, BLOCK_N):
         j = start + tl.arange(0, BLOCK_N)
         listed = j < num_keys
-        rows = tl.load(keys_ptr + j, mask=listed, other=0)
+        rows = tl.load(keys_ptr + j, mask=listed, other=0).to(tl.int64)
         k = _load_rows(k_ptr, rows, listed, d, Dh, stride_ks, stride_kd).to(tl.float32)
         v = _load_rows(v_ptr, rows, listed, d, Dh, stride_vs, stride_vd).to(tl.float32)
         s = tl.where(listed, tl.sum(k * q[None, :], 1) * scale_log2, float("-inf"))
