@@ -3,9 +3,9 @@ dense attention over the entry-by-entry mask of DESIGN section 3 (``mask_formula
 PyTorch's FlexAttention with that mask, forward and all three gradients, for every kind.
 
 Block size 16 (the interpreter's smallest tl.dot); shapes with S not a multiple of it, W not a
-power of two, odd text_len, several blocks, B and H > 1. On a CPU, FlexAttention has no backward
-(``flex_attention`` refuses inputs that require grad there), so its gradients are compared on a GPU only;
-its forward everywhere.
+power of two, odd text_len, several blocks, B and H > 1. FlexAttention is compared in float32; on a
+CPU it has no backward (``flex_attention`` refuses inputs that require grad there), so its
+gradients are compared on a GPU only, its forward everywhere.
 """
 import warnings
 
@@ -48,7 +48,7 @@ def float64_attention(q, k, v, dense: torch.Tensor, scale: float | None = None) 
     return torch.softmax(scores.masked_fill(~dense.to(q.device), float("-inf")), -1) @ v.double()
 
 
-def flex_reference(q, k, v, dense: torch.Tensor) -> torch.Tensor:
+def flex_reference(q, k, v, dense: torch.Tensor, scale: float | None = None) -> torch.Tensor:
     """FlexAttention (eager) with a mask_mod reading the entry-by-entry mask."""
     dense = dense.to(q.device)
     s = dense.shape[0]
@@ -56,7 +56,7 @@ def flex_reference(q, k, v, dense: torch.Tensor) -> torch.Tensor:
                                    device=q.device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "flex_attention called without torch.compile()": eager is the point
-        return flex_attention(q, k, v, block_mask=block_mask)
+        return flex_attention(q, k, v, block_mask=block_mask, scale=scale)
 
 
 def gradients(fn, inputs, grad_out):
@@ -68,7 +68,8 @@ def gradients(fn, inputs, grad_out):
 
 def check_against_oracles(q, k, v, mask, dense, dtype, grad_factor=1.0, scale=None):
     """dk.sparse_attention vs the reference, float64 and FlexAttention: output, dq, dk and dv for a
-    random, non-contiguous upstream gradient (FlexAttention's gradients on a GPU only)."""
+    random, non-contiguous upstream gradient. FlexAttention, there to confirm the mask's meaning,
+    runs in float32 only (float64 checks the precision), and its gradients on a GPU only."""
     grad_out = torch.randn(q.shape[::-1], device=q.device).permute(3, 2, 1, 0)
     impls = {
         "triton": lambda *t: dk.sparse_attention(*t, mask, scale),
@@ -76,11 +77,11 @@ def check_against_oracles(q, k, v, mask, dense, dtype, grad_factor=1.0, scale=No
         "float64": lambda *t: float64_attention(*t, dense, scale),
     }
     results = {name: gradients(fn, (q, k, v), grad_out) for name, fn in impls.items()}
-    if scale is None:
+    if q.dtype == torch.float32:
         if q.is_cuda:
-            results["flex"] = gradients(lambda *t: flex_reference(*t, dense), (q, k, v), grad_out)
+            results["flex"] = gradients(lambda *t: flex_reference(*t, dense, scale), (q, k, v), grad_out)
         else:
-            results["flex"] = (flex_reference(q, k, v, dense),)
+            results["flex"] = (flex_reference(q, k, v, dense, scale),)
     out = results["triton"][0]
     assert out.dtype == q.dtype and out.is_contiguous() and out.shape == q.shape
     for oracle, expected in results.items():
