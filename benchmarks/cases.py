@@ -267,7 +267,9 @@ def decode_loop(attend: Callable[..., torch.Tensor]) -> Callable[..., torch.Tens
     """A generation loop's attention: ``attend(q_p, k, v, p)`` for every position p in turn, q_p
     (B, H, 1, Dh) taken from q (B, H, S, Dh), k and v the full (B, H, S, Dh) caches."""
     def loop(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return [attend(q[:, :, p:p + 1], k, v, p) for p in range(q.shape[2])][-1]
+        for p in range(q.shape[2]):
+            out = attend(q[:, :, p:p + 1], k, v, p)
+        return out  # the last step's output
     return loop
 
 
