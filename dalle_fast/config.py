@@ -252,7 +252,12 @@ class TransformerConfig(_Section):
 class CLIPConfig(_Section):
     """The small contrastive text/image model used to rerank samples: a text transformer and a
     ViT over ``patch_size`` patches, each ``layers`` deep and ``width`` wide, projected to a joint
-    ``embed_dim`` space. ``candidates``: images sampled per prompt before reranking (paper: 512)."""
+    ``embed_dim`` space. ``candidates``: images sampled per prompt before reranking (paper: 512).
+
+    Training images are degraded so that CLIP reads generated (dVAE-decoded, softer and noisier)
+    images as it reads clean ones: each is blurred (2x average-pooled, then upsampled) with
+    probability ``augment_blur`` and gets Gaussian pixel noise of a standard deviation drawn
+    uniformly from [0, ``augment_noise``]."""
 
     width: int
     layers: int
@@ -261,12 +266,16 @@ class CLIPConfig(_Section):
     patch_size: int
     optim: OptimConfig
     candidates: int = 512
+    augment_blur: float = 0.5
+    augment_noise: float = 0.1
 
     def __post_init__(self) -> None:
         super().__post_init__()
         for name in ("width", "layers", "heads", "embed_dim", "patch_size", "candidates"):
             self._require(name, getattr(self, name) >= 1, ">= 1")
         self._require("width", self.width % self.heads == 0, f"a multiple of heads ({self.heads})")
+        self._require("augment_blur", 0 <= self.augment_blur <= 1, "in [0, 1]")
+        self._require("augment_noise", self.augment_noise >= 0, ">= 0")
 
 
 @dataclass(frozen=True)
@@ -399,7 +408,7 @@ def _tiny() -> Config:
                                       conv_kernel=3, optim=OptimConfig(steps=300, batch_size=32, lr=1e-3,
                                                                        warmup_fraction=0.05, beta2=0.96)),
         clip=CLIPConfig(width=32, layers=1, heads=2, embed_dim=32, patch_size=8, candidates=8,
-                        optim=OptimConfig(steps=200, batch_size=64, lr=1e-3, warmup_fraction=0.05)),
+                        optim=OptimConfig(steps=600, batch_size=64, lr=1e-3, warmup_fraction=0.05)),
         data=DataConfig(train_size=4_096, val_size=256, test_size=256),
         train=TrainConfig(log_every=10, eval_every=100, checkpoint_every=100),
     )
@@ -415,7 +424,7 @@ def _demo() -> Config:
                                       conv_kernel=3, optim=OptimConfig(steps=2_000, batch_size=32, lr=5e-4,
                                                                        warmup_fraction=0.05, beta2=0.96)),
         clip=CLIPConfig(width=64, layers=2, heads=4, embed_dim=64, patch_size=8, candidates=32,
-                        optim=OptimConfig(steps=1_000, batch_size=128, lr=5e-4, warmup_fraction=0.05)),
+                        optim=OptimConfig(steps=800, batch_size=128, lr=1e-3, warmup_fraction=0.05)),
         data=DataConfig(train_size=50_000, val_size=1_000, test_size=1_000),
         train=TrainConfig(log_every=20, eval_every=500, checkpoint_every=500),
     )

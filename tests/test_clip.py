@@ -2,6 +2,7 @@
 tiny batch, scoring, gradients to both towers, and bad inputs."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -129,3 +130,9 @@ def test_bad_inputs_are_named() -> None:
     for call, error, match in cases:
         with pytest.raises(error, match=match):
             call()
+
+
+@pytest.mark.parametrize("field, value", [("augment_blur", 1.5), ("augment_blur", -0.1), ("augment_noise", -0.1)])
+def test_bad_augmentation_settings_are_named(field: str, value: float) -> None:
+    with pytest.raises(ValueError, match=f"CLIPConfig.{field}"):
+        dataclasses.replace(CONFIG.clip, **{field: value})

@@ -25,6 +25,7 @@ from dalle_fast.data import FolderDataset, ShapesDataset, caption
 from dalle_fast.tokenizer import CaptionTokenizer
 from dalle_fast.train import main
 from dalle_fast.train.cli import build_parser, resolve_config
+from dalle_fast.train.clip import degrade
 from dalle_fast.train.clip_eval import attribute_discrimination
 from dalle_fast.train.data import dataset_captions
 from dalle_fast.train.tokenizer import SHAPES_CAPTIONS
@@ -196,3 +197,24 @@ def test_user_data_trains_tokenizer_and_clip(tmp_path: Path) -> None:
     assert val_row["split"] == "val" and not ATTRIBUTE_KEYS & set(val_row)
     assert "discrimination" not in printed and load_checkpoint(out, "clip").step == 2
 
+
+
+def test_degrade_blurs_a_share_and_adds_bounded_noise() -> None:
+    images = torch.rand(400, 3, 8, 8)
+    assert degrade(images, 0.0, 0.0) is images
+    blurred = torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(images, 2), scale_factor=2,
+                                              mode="bilinear", align_corners=False)
+    assert torch.allclose(degrade(images, 1.0, 0.0), blurred)
+    flat = torch.full((400, 3, 8, 8), 0.5)
+    noisy = degrade(flat, 0.0, 0.2)
+    stds = (noisy - 0.5).flatten(1).std(dim=1)
+    assert 0.02 < stds.mean() < 0.18 and stds.max() < 0.25 and stds.min() < 0.03  # std ~ U(0, 0.2)
+    some = degrade(images, 0.3, 0.0)
+    blurred_share = sum(torch.allclose(a, b) for a, b in zip(some, blurred)) / len(images)
+    kept_share = sum(torch.equal(a, b) for a, b in zip(some, images)) / len(images)
+    assert 0.2 < blurred_share < 0.4 and blurred_share + kept_share == 1
+    torch.manual_seed(5)
+    first = degrade(images, 0.5, 0.1)
+    torch.manual_seed(5)
+    assert torch.equal(first, degrade(images, 0.5, 0.1))  # torch's global RNG: checkpointed, so resumable
+    assert 0 <= first.min() and first.max() <= 1

@@ -6,7 +6,9 @@ Captions are tokenized with the run's ``tokenizer.json`` (the tokenizer stage mu
 without BPE dropout. Train records hold the contrastive loss, the in-batch text->image and
 image->text accuracies and the learned logit scale; val records the metrics of
 :func:`.clip_eval.validate_clip` (retrieval, and attribute discrimination on the shapes data).
-Weight decay spares biases, norms and the logit scale.
+Weight decay spares biases, norms and the logit scale. Training images are degraded first
+(:func:`degrade`, as ``config.clip`` sets it), drawing from torch's global RNG, which
+checkpoints capture.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 
 from ..clip import CLIP, CLIPOutput
 from ..config import Config
@@ -62,7 +65,9 @@ class CLIPTrainer(StageTrainer):
     def forward(self, batch: tuple[torch.Tensor, Sequence[str]], settings: NamedTuple) -> CLIPOutput:
         images, captions = batch
         tokens = self.tokenizer.encode(captions).to(self.device, non_blocking=True)
-        return self.model(tokens, images.to(self.device, non_blocking=True))
+        images = degrade(images.to(self.device, non_blocking=True), self.config.clip.augment_blur,
+                         self.config.clip.augment_noise)
+        return self.model(tokens, images)
 
     def train_metrics(self, output: CLIPOutput) -> dict[str, float]:
         return {"loss": output.loss.item(), "text_to_image": output.text_to_image.item(),
@@ -71,3 +76,18 @@ class CLIPTrainer(StageTrainer):
     def evaluate(self, model: CLIP) -> dict[str, Any]:
         return validate_clip(model, self.tokenizer, self.data.val, self.data.val_attributes, self.config.data.holdout,
                              self.optim.batch_size, self.precision())
+
+
+def degrade(images: torch.Tensor, blur: float, noise: float) -> torch.Tensor:
+    """Images (B, 3, H, W) in [0, 1], each blurred (2x average-pooled, then bilinearly upsampled)
+    with probability ``blur`` and given Gaussian noise of a standard deviation drawn uniformly
+    from [0, ``noise``], clamped to [0, 1]: same shape. Draws from torch's RNG on the images'
+    device; with ``blur`` and ``noise`` both 0, returns ``images`` and draws nothing."""
+    if not blur and not noise:
+        return images
+    b = len(images)
+    blurred = F.interpolate(F.avg_pool2d(images, 2, ceil_mode=True), size=images.shape[-2:], mode="bilinear",
+                            align_corners=False)
+    picked = torch.rand(b, 1, 1, 1, device=images.device) < blur
+    std = torch.rand(b, 1, 1, 1, device=images.device) * noise
+    return (torch.where(picked, blurred, images) + std * torch.randn_like(images)).clamp(0, 1)
