@@ -25,9 +25,10 @@ from dalle_fast.data import FolderDataset, ShapesDataset, caption
 from dalle_fast.tokenizer import CaptionTokenizer
 from dalle_fast.train import main
 from dalle_fast.train.cli import build_parser, resolve_config
-from dalle_fast.train.clip import degrade
+from dalle_fast.train.clip import degrade, load_clip
 from dalle_fast.train.clip_eval import attribute_discrimination
 from dalle_fast.train.data import dataset_captions
+from dalle_fast.train.errors import UsageError
 from dalle_fast.train.tokenizer import SHAPES_CAPTIONS
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -78,6 +79,8 @@ def test_clip_stage_writes_metrics_and_weights_that_reproduce_them(clip_run: tup
     model = CLIP(config)
     model.load_state_dict(load_file(run_dir / pointer["weights"]))
     model.eval()
+    loaded = load_clip(config, run_dir)  # no EMA in this run: the model's weights
+    assert all(torch.equal(t, model.state_dict()[name]) for name, t in loaded.state_dict().items())
     # Val retrieval recomputed independently from the weights: batches of batch_size, in order.
     val, tokenizer = ShapesDataset.from_config(config, "val"), CaptionTokenizer.load(run_dir)
     hits = [0, 0]
@@ -131,6 +134,12 @@ def test_clip_resume_after_a_crash_reproduces_the_uninterrupted_run(tmp_path: Pa
                                before=("tokenizer",))
     # Weight decay spares vectors (biases, norms, the logit scale): two groups.
     assert [group["weight_decay"] for group in final.meta["param_groups"]] == [0.1, 0.0]
+    # Evaluation and generation load the EMA weights.
+    model = load_clip(config, tmp_path / "straight")
+    assert not model.training
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, final.weights["ema." + name]), name
+    assert not torch.equal(model.image.patches.weight, final.weights["image.patches.weight"])  # not the raw weights
 
 
 def test_tokenizer_resume_keeps_the_existing_file(tmp_path: Path) -> None:
@@ -151,6 +160,8 @@ def test_clip_without_or_with_a_mismatched_tokenizer_says_what_to_do(tmp_path: P
         main(["--stage", "clip", "--preset", "tiny", "--out", str(tmp_path)])
     assert exit_info.value.code == 2
     assert "tokenizer.json is missing: run the tokenizer stage first" in capsys.readouterr().err
+    with pytest.raises(UsageError, match="holds no clip checkpoint: train that stage first"):
+        load_clip(preset("tiny"), tmp_path)
     CaptionTokenizer.train(["a small red circle"], 300, 16).save(tmp_path)
     with pytest.raises(SystemExit):
         main(["--stage", "clip", "--preset", "tiny", "--out", str(tmp_path)])

@@ -36,6 +36,7 @@ from ..ema import EMA
 from ..schedules import learning_rate
 from .data import TrainData, train_loader
 from .device import autocast, pick_device
+from .errors import UsageError
 from .log import MetricsLog
 from .optim import load_optimizer_state, make_optimizer, optimizer_state, set_lr
 from .rng import rng_state, set_rng_state
@@ -189,6 +190,17 @@ class StageTrainer(ABC):
                           stacklevel=2)
         self.step, self.samples_seen, self.seconds_before = checkpoint.step, meta["samples_seen"], meta["seconds"]
         self.started = time.perf_counter()
+
+
+def trained_weights(run_dir: Path, stage: str) -> dict[str, torch.Tensor]:
+    """The weights to evaluate and sample with from the latest checkpoint of ``stage`` in
+    ``run_dir``: the EMA's when the run kept one, else the model's. A stage without a checkpoint
+    raises ``UsageError`` saying to train it."""
+    checkpoint = load_checkpoint(run_dir, stage)
+    if checkpoint is None:
+        raise UsageError(f"{run_dir} holds no {stage} checkpoint: train that stage first (--stage {stage})")
+    ema = {name.removeprefix(EMA_PREFIX): t for name, t in checkpoint.weights.items() if name.startswith(EMA_PREFIX)}
+    return ema or checkpoint.weights
 
 
 def seed_everything(seed: int) -> None:
