@@ -93,7 +93,7 @@ def test_learns_a_small_batch_and_scores_its_pairs_highest(batch: tuple[torch.Te
     model = CLIP(CONFIG)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     first = model(tokens, images).loss.item()
-    for _ in range(80):
+    for _ in range(150):
         output = model(tokens, images)
         optimizer.zero_grad()
         output.loss.backward()
