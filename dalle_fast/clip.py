@@ -38,8 +38,10 @@ class CLIPOutput(NamedTuple):
 
 def contrastive(text: torch.Tensor, image: torch.Tensor, scale: torch.Tensor) -> CLIPOutput:
     """The :class:`CLIPOutput` of B matching pairs of unit embeddings ``text`` and ``image``
-    (B, E) with logits ``scale * text @ image.T``."""
-    logits = scale * text @ image.T  # (B, B)
+    (B, E) with logits ``scale * text @ image.T``, in float32 even under autocast (bf16 would
+    round scaled similarities by up to ~0.4)."""
+    with torch.autocast(text.device.type, enabled=False):
+        logits = scale.float() * text.float() @ image.float().T  # (B, B)
     labels = torch.arange(len(logits), device=logits.device)
     loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
     with torch.no_grad():

@@ -67,6 +67,16 @@ def test_loss_is_symmetric_infonce_with_the_learned_scale() -> None:
     assert model.scale().item() == pytest.approx(MAX_LOGIT_SCALE)
 
 
+def test_logits_stay_float32_under_bf16_autocast() -> None:
+    model = CLIP(CONFIG)
+    tokens, images = random_tokens(6, 5), torch.rand(6, 3, SIZE, SIZE)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output = model(tokens, images)
+        text, image = model.encode_text(tokens), model.encode_image(images)
+    assert output.logits.dtype == torch.float32
+    assert torch.allclose(output.logits, model.scale() * text @ image.T, rtol=1e-6, atol=1e-5)
+
+
 def test_text_after_the_last_real_token_is_ignored() -> None:
     model = CLIP(CONFIG)
     tokens = random_tokens(4, 6)
