@@ -76,6 +76,9 @@ def test_cli_run_writes_config_metrics_grid_and_checkpoint(tiny_run: tuple[Path,
     model = DiscreteVAE(config)
     assert {k: v.shape for k, v in weights.items()} == {k: v.shape for k, v in model.state_dict().items()}
     model.load_state_dict(weights)
+    loaded = dalle_fast.train.vae.load_vae(config, run_dir)  # no EMA in this run: the model's weights
+    assert not loaded.training
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in weights.items())
 
     # The val metrics, recomputed independently from the checkpoint: PSNR of decode(encode(x)).
     val = ShapesDataset.from_config(config, "val")
@@ -197,6 +200,11 @@ def test_a_pointer_to_a_mismatched_file_is_refused(tmp_path: Path) -> None:
     shutil.copy(tmp_path / "vae-00000001.state.safetensors", tmp_path / "vae-00000002.state.safetensors")
     with pytest.raises(ValueError, match="step 1"):
         load_checkpoint(tmp_path, "vae")
+
+
+def test_load_vae_without_a_checkpoint_says_to_train_it(tmp_path: Path) -> None:
+    with pytest.raises(Exception, match="--stage vae"):
+        dalle_fast.train.vae.load_vae(preset("tiny"), tmp_path)
 
 
 def test_user_folder_with_broken_images_trains(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from ..grid import save_grid
 from ..metrics import codebook_usage
 from ..schedules import VAESchedule, vae_schedule
 from .data import TrainData
-from .loop import StageTrainer
+from .loop import StageTrainer, trained_weights
 from .vae_eval import summary, validate_vae
 
 STAGE = "vae"
@@ -33,6 +33,14 @@ def train_vae(config: Config, run_dir: Path, data: TrainData, resume: bool) -> s
     trainer.run(resume)
     final = trainer.last_record("val")
     return f"{trainer.step}/{config.vae.optim.steps} steps, {final['seconds']:.1f} s of training; {summary(final)}"
+
+
+def load_vae(config: Config, run_dir: Path) -> DiscreteVAE:
+    """The run's trained dVAE (EMA weights when kept), in eval mode on the CPU; a run without a
+    vae checkpoint raises ``UsageError`` saying to train that stage."""
+    model = DiscreteVAE(config)
+    model.load_state_dict(trained_weights(run_dir, STAGE))
+    return model.eval()
 
 
 class VAETrainer(StageTrainer):
