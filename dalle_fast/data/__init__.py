@@ -14,9 +14,11 @@ __all__ = [
     "COLORS", "POSITIONS", "SHAPES", "SIZES", "Attributes", "caption", "caption_attributes",
 ]
 
-# User data (DESIGN section 7): a folder of captioned images or a COCO-style captions file.
+# User data (DESIGN section 7): a folder of captioned images, a COCO-style captions file, or a
+# CUB-200-2011 tree with the Reed et al. captions.
 from .coco import CocoCaptions
+from .cub import CubCaptions
 from .filters import DataFilters, FilterReport
 from .folder import FolderDataset
 
-__all__ += ["CocoCaptions", "DataFilters", "FilterReport", "FolderDataset"]
+__all__ += ["CocoCaptions", "CubCaptions", "DataFilters", "FilterReport", "FolderDataset"]

@@ -12,7 +12,7 @@ from .filters import DataFilters
 from .images import IMAGE_EXTENSIONS
 
 
-def _read_captions(path: Path) -> list[str] | None:
+def read_captions(path: Path) -> list[str] | None:
     """Non-blank lines of the caption file ``path`` (UTF-8, invalid bytes replaced), or None if
     it is missing or cannot be read."""
     try:
@@ -44,5 +44,5 @@ class FolderDataset(CaptionedImages):
             raise FileNotFoundError(f"root: no such folder: {self.root}")
         if not self.root.is_dir():
             raise NotADirectoryError(f"root: not a folder: {self.root}")
-        candidates = ((path, _read_captions(path.with_suffix(".txt"))) for path in find_images(self.root))
+        candidates = ((path, read_captions(path.with_suffix(".txt"))) for path in find_images(self.root))
         super().__init__(candidates, image_size, filters, seed, source=f"folder {self.root}")

@@ -50,13 +50,16 @@ def load_data(config: Config, images: str | None = None) -> TrainData:
 
 
 def _user_dataset(path: Path, images: str | None, config: Config) -> Dataset:
-    """FolderDataset for a folder, CocoCaptions for a JSON file (imported only when used)."""
+    """CubCaptions for a CUB tree, FolderDataset for another folder, CocoCaptions for a JSON file
+    (imported only when used)."""
     if path.is_dir():
         if images is not None:
             raise UsageError("--images: only used with a COCO-style captions JSON as --data, not a folder")
+        from ..data.cub import CubCaptions, find_cub
         from ..data.folder import FolderDataset
 
-        return _build(lambda: FolderDataset(path, config.image_size, seed=config.train.seed), path)
+        kind = CubCaptions if find_cub(path) is not None else FolderDataset  # CUB: captions in text_c10/
+        return _build(lambda: kind(path, config.image_size, seed=config.train.seed), path)
     if path.is_file() and path.suffix.lower() == ".json":
         if images is None:
             raise UsageError(f"--images: required with the captions JSON --data {path} (the folder its "
