@@ -75,12 +75,13 @@ def layer_kinds(layers: int, attention: str) -> list[str]:
     return ["conv" if l == layers - 1 else "column" if l % 4 == 1 else "row" for l in range(layers)]
 
 
-def _check_ids(name: str, ids: object, length: int, vocab: int) -> torch.Tensor:
-    """``ids`` must be an integer tensor (B, length) with values in [0, vocab)."""
+def check_ids(name: str, ids: object, length: int | None, vocab: int) -> torch.Tensor:
+    """``ids`` as a long tensor; it must be an integer tensor (B, length) (any length when None)
+    with values in [0, vocab), else ``TypeError`` / ``ValueError`` naming ``name``."""
     if not isinstance(ids, torch.Tensor) or ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
         raise TypeError(f"{name}: expected an integer tensor, got {getattr(ids, 'dtype', type(ids).__name__)}")
-    if ids.ndim != 2 or ids.shape[1] != length:
-        raise ValueError(f"{name}: expected shape (B, {length}), got {tuple(ids.shape)}")
+    if ids.ndim != 2 or length not in (None, ids.shape[1]):
+        raise ValueError(f"{name}: expected shape (B, {'P' if length is None else length}), got {tuple(ids.shape)}")
     if ids.numel() and not (ids.min() >= 0 and ids.max() < vocab):
         raise ValueError(f"{name}: ids must lie in [0, {vocab}), got the range [{ids.min().item()}, {ids.max().item()}]")
     return ids.long()
@@ -207,13 +208,16 @@ class DALLE(nn.Module):
         weight = self.text_position
         return weight.new_zeros(t.layers, 2, batch, t.heads, self.config.seq_len, t.head_dim)
 
+    @torch.no_grad()
     def prefill(self, text: torch.Tensor, prime: torch.Tensor, cache: torch.Tensor) -> torch.Tensor:
         """Feed text (B, T) and the first P image tokens prime (B, P) (P may be 0) into an empty
-        ``cache``; returns the image logits (B, image_vocab) for image token P (P < N)."""
-        text = _check_ids("text", text, self.text_len, self.num_text_tokens)
+        ``cache``; returns the image logits (B, image_vocab) for image token P (P < N). Inference
+        only (no gradient), as :meth:`decode`."""
+        text = check_ids("text", text, self.text_len, self.num_text_tokens)
         x = torch.cat([self._embed_text(text), self._embed_image(prime, 0)], dim=1)
         return self._run_cached(x, cache, 0)
 
+    @torch.no_grad()
     def decode(self, token: torch.Tensor, index: int, cache: torch.Tensor) -> torch.Tensor:
         """Feed image token ``index`` (token (B,) ids) after image tokens 0..index-1 are in
         ``cache``; returns the image logits (B, image_vocab) for image token index + 1."""
@@ -227,8 +231,8 @@ class DALLE(nn.Module):
         return F.linear(self.norm(x[:, -1]), *self._image_head())
 
     def _check_inputs(self, text: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        text = _check_ids("text", text, self.text_len, self.num_text_tokens)
-        image = _check_ids("image", image, self.image_seq_len, self.image_vocab)
+        text = check_ids("text", text, self.text_len, self.num_text_tokens)
+        image = check_ids("image", image, self.image_seq_len, self.image_vocab)
         if len(text) != len(image):
             raise ValueError(f"image: batch of {len(image)} does not match the {len(text)} texts")
         return text, image
