@@ -1,0 +1,158 @@
+"""Metrics of generated images: the Fréchet distance between two sets of features (FID when the
+features are Inception's, "CLIP FID" on CLIP image embeddings), the CLIP score of images against
+their prompts, the attribute accuracy of shapes images, and the reranking curve of the paper
+(accuracy of the CLIP-best of the first k samples as k grows).
+
+Every function here is a pure function of its inputs (no model state is changed, nothing is drawn
+from an RNG).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import torch
+
+from ..data import Attributes, read_attributes
+from ..metrics import _check_images
+
+ATTRIBUTE_FIELDS: tuple[str, ...] = ("size", "color", "shape", "position")
+ALL = "all"  # the key of "every attribute right" in attribute accuracies
+
+
+def _check_features(name: str, features: torch.Tensor) -> None:
+    if not isinstance(features, torch.Tensor) or not features.is_floating_point():
+        raise TypeError(f"{name}: expected a float tensor, got {getattr(features, 'dtype', type(features).__name__)}")
+    if features.ndim != 2 or len(features) < 2 or features.shape[1] < 1:
+        raise ValueError(f"{name}: expected shape (N, D) with N >= 2 and D >= 1, got {tuple(features.shape)}")
+    if not torch.isfinite(features).all():
+        raise ValueError(f"{name}: holds non-finite values")
+
+
+def feature_statistics(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean (D,) and unbiased covariance (D, D) of ``features`` (N, D), N >= 2, in float64 on the CPU."""
+    _check_features("features", features)
+    x = features.detach().to("cpu", torch.float64)
+    centred = x - x.mean(dim=0)
+    return x.mean(dim=0), centred.T @ centred / (len(x) - 1)
+
+
+def _sqrt_psd(matrix: torch.Tensor) -> torch.Tensor:
+    """Symmetric square root of a symmetric positive semi-definite matrix (float64), by eigh;
+    eigenvalues below zero (rounding) are taken as zero."""
+    values, vectors = torch.linalg.eigh((matrix + matrix.T) / 2)
+    return (vectors * values.clamp(min=0).sqrt()) @ vectors.T
+
+
+def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor, sigma2: torch.Tensor) -> float:
+    """Fréchet distance between the Gaussians N(mu1, sigma1) and N(mu2, sigma2): means (D,),
+    covariances (D, D) symmetric positive semi-definite, computed in float64:
+
+        ||mu1 - mu2||^2 + tr(sigma1) + tr(sigma2) - 2 tr((sigma1 sigma2)^(1/2)),
+
+    with tr((sigma1 sigma2)^(1/2)) = tr((s sigma2 s)^(1/2)), s = sigma1^(1/2): a symmetric
+    matrix whose root eigh gives exactly (no complex parts as with a general sqrtm). Clamped
+    at 0 against rounding."""
+    d = None
+    for name, value, ndim in (("mu1", mu1, 1), ("sigma1", sigma1, 2), ("mu2", mu2, 1), ("sigma2", sigma2, 2)):
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+            raise TypeError(f"{name}: expected a float tensor, got {getattr(value, 'dtype', type(value).__name__)}")
+        d = value.shape[0] if d is None else d
+        if value.shape != (d,) * ndim:
+            raise ValueError(f"{name}: expected shape {(d,) * ndim} (D = {d} from mu1), got {tuple(value.shape)}")
+    mu1, sigma1, mu2, sigma2 = (t.detach().to("cpu", torch.float64) for t in (mu1, sigma1, mu2, sigma2))
+    root = _sqrt_psd(sigma1)
+    cross = torch.linalg.eigvalsh(root @ sigma2 @ root).clamp(min=0).sqrt().sum()
+    distance = (mu1 - mu2).square().sum() + sigma1.trace() + sigma2.trace() - 2 * cross
+    return max(float(distance), 0.0)
+
+
+def frechet_distance_of_features(a: torch.Tensor, b: torch.Tensor) -> float:
+    """:func:`frechet_distance` between Gaussians fitted to features ``a`` (N, D) and ``b`` (M, D)."""
+    _check_features("a", a)
+    _check_features("b", b)
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"b: features of size {b.shape[1]}, but a has {a.shape[1]}")
+    return frechet_distance(*feature_statistics(a), *feature_statistics(b))
+
+
+class Embedder(Protocol):
+    """What :func:`clip_score` needs of a CLIP: unit embeddings of token ids and of images."""
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor: ...
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor: ...
+
+
+@torch.no_grad()
+def clip_score(model: Embedder, tokens: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """CLIP score of image ``n`` against caption ``n``: the cosine similarity of their
+    embeddings. ``tokens`` (N, text_len) or (1, text_len) for one caption against every image;
+    ``images`` (N, 3, S, S) in [0, 1] -> (N,) float32."""
+    if not isinstance(tokens, torch.Tensor) or tokens.ndim != 2:
+        raise ValueError(f"tokens: expected a (N, text_len) tensor, got {getattr(tokens, 'shape', type(tokens))}")
+    _check_images("images", images)
+    if len(tokens) not in (1, len(images)):
+        raise ValueError(f"tokens: {len(tokens)} captions for {len(images)} images; expected 1 or {len(images)}")
+    text = torch.nn.functional.normalize(model.encode_text(tokens).float(), dim=-1)
+    image = torch.nn.functional.normalize(model.encode_image(images).float(), dim=-1)
+    return (text * image).sum(dim=-1)
+
+
+def attribute_hits(images: torch.Tensor, attributes: Sequence[Attributes]) -> torch.Tensor:
+    """Which attributes of each image the shapes reader (:func:`dalle_fast.data.read_attributes`)
+    reads as ``attributes[n]`` says: images (N, 3, S, S) in [0, 1] -> bool (N, 5), columns
+    size, color, shape, position and all four. An image with no visible object misses all."""
+    _check_images("images", images)
+    if len(attributes) != len(images):
+        raise ValueError(f"attributes: has {len(attributes)} records for {len(images)} images")
+    rows = []
+    for n, (image, want) in enumerate(zip(images, attributes)):
+        if not isinstance(want, Attributes):
+            raise TypeError(f"attributes[{n}]: expected a dalle_fast.data.Attributes, got {type(want).__name__}")
+        got = read_attributes(image)
+        row = [got is not None and getattr(got, name) == getattr(want, name) for name in ATTRIBUTE_FIELDS]
+        rows.append(row + [all(row)])
+    return torch.tensor(rows, dtype=torch.bool).view(len(images), len(ATTRIBUTE_FIELDS) + 1)
+
+
+def attribute_accuracy(hits: torch.Tensor) -> dict[str, float]:
+    """Share of rows of ``hits`` (N, 5) bool, N >= 1 (see :func:`attribute_hits`) right per
+    attribute and on all four: ``{"size", "color", "shape", "position", "all"} -> [0, 1]``."""
+    keys = (*ATTRIBUTE_FIELDS, ALL)
+    if not isinstance(hits, torch.Tensor) or hits.dtype != torch.bool or hits.ndim != 2 \
+            or hits.shape[1] != len(keys) or len(hits) == 0:
+        raise ValueError(f"hits: expected a bool tensor (N >= 1, {len(keys)}), got "
+                         f"{getattr(hits, 'dtype', type(hits).__name__)} {tuple(getattr(hits, 'shape', ()))}")
+    return {key: float(value) for key, value in zip(keys, hits.double().mean(dim=0))}
+
+
+def rerank_counts(samples: int) -> list[int]:
+    """The numbers of reranked samples of the curve: 1, 2, 4, ... up to ``samples``, and
+    ``samples`` itself when it is not a power of two."""
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"samples: must be an int >= 1, got {samples!r}")
+    counts = [1 << i for i in range(samples.bit_length()) if 1 << i <= samples]
+    return counts if counts[-1] == samples else [*counts, samples]
+
+
+def reranked(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Index of the best-scoring of the first ``k`` samples of each prompt: ``scores`` (P, S) ->
+    (P,) int64 (ties: the earliest sample; k = 1 is the first sample, no reranking)."""
+    if not isinstance(scores, torch.Tensor) or not scores.is_floating_point() or scores.ndim != 2:
+        raise ValueError(f"scores: expected a float tensor (P, S), got {getattr(scores, 'shape', type(scores))}")
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= scores.shape[1]:
+        raise ValueError(f"k: must be an int in [1, {scores.shape[1]}], got {k!r}")
+    return scores[:, :k].argmax(dim=1)
+
+
+def rerank_curve(correct: torch.Tensor, scores: torch.Tensor, counts: Sequence[int]) -> list[float]:
+    """The reranking curve: for each k in ``counts``, the share of prompts whose CLIP-best of
+    their first k samples is correct. ``correct`` bool (P, S), ``scores`` float (P, S), P >= 1."""
+    if not isinstance(correct, torch.Tensor) or correct.dtype != torch.bool or correct.ndim != 2:
+        raise ValueError(f"correct: expected a bool tensor (P, S), got {getattr(correct, 'dtype', type(correct))}")
+    if not isinstance(scores, torch.Tensor) or scores.shape != correct.shape or len(scores) == 0:
+        raise ValueError(f"scores: expected shape {tuple(correct.shape)} (P >= 1) like correct, got "
+                         f"{tuple(getattr(scores, 'shape', ()))}")
+    rows = torch.arange(len(correct))
+    return [float(correct[rows, reranked(scores, k)].double().mean()) for k in counts]
