@@ -44,8 +44,8 @@ STEPS = 4  # of the shared CLI run
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """A finished ``--preset tiny --steps 4`` run (default ``--stage all``: tokenizer, vae and
-    clip, 4 steps each) and what it printed."""
+    """A finished ``--preset tiny --steps 4`` run (default ``--stage all``: tokenizer, vae, dalle
+    and clip, 4 steps each) and what it printed."""
     run_dir = tmp_path_factory.mktemp("train") / "tiny"
     return run_dir, run_main(["--preset", "tiny", "--steps", str(STEPS), "--out", str(run_dir)])
 
@@ -104,8 +104,7 @@ def test_cli_run_writes_config_metrics_grid_and_checkpoint(tiny_run: tuple[Path,
         assert torch.allclose(top_tile, images[column], atol=0.5 / 255 + 1e-6)
         assert torch.allclose(bottom_tile, recon[column], atol=0.5 / 255 + 1e-6)
 
-    assert "not built yet (coming in issue 5), skipped: dalle\n" in printed
-    assert all(f"{stage}: " in printed for stage in ("tokenizer", "vae", "clip"))
+    assert all(f"{stage}: " in printed for stage in ("tokenizer", "vae", "dalle", "clip"))
     assert f"val PSNR {val_row['psnr']:.2f} dB" in printed
 
 
@@ -129,7 +128,7 @@ def test_existing_run_needs_resume_and_the_same_config(tiny_run: tuple[Path, str
 
 @pytest.mark.parametrize("argv, message", [
     (["--preset", "huge"], "invalid choice: 'huge'"),
-    (["--stage", "dalle"], "the dalle stage is not built yet (coming in issue 5)"),
+    (["--stage", "dalle"], "tokenizer.json is missing: run the tokenizer stage first"),
     (["--stage", "clip"], "tokenizer.json is missing: run the tokenizer stage first"),
     (["--steps", "0"], "--steps: must be a positive integer, got '0'"),
     (["--data", "{tmp}/missing"], "--data: no such file or folder"),

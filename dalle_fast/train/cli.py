@@ -4,10 +4,14 @@
         [--data shapes | --data DIR | --data captions.json --images DIR]
         [--out runs/<preset>] [--resume] [--steps N]
 
-Stages not built yet are named and skipped by ``--stage all`` and refused by name. ``--steps N``
+``--stage all`` runs every stage in order. ``--steps N``
 sets the optimizer steps of every stage the command runs that has them (``vae``, ``dalle``,
 ``clip``: ``vae.optim.steps``, ``transformer.optim.steps``, ``clip.optim.steps``), saved in
 config.json; the tokenizer stage has none.
+
+Under ``torchrun --nproc_per_node N`` the same command trains with N processes
+(:func:`.device.process_group`, DDP in :mod:`.loop`): the tokenizer stage runs on rank 0 alone,
+every other stage on all of them, and only rank 0 writes the run directory and prints.
 """
 from __future__ import annotations
 
@@ -17,10 +21,14 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from ..checkpoint import checkpointed_stages
 from ..config import PRESETS, Config, preset
 from .clip import STAGE as CLIP_STAGE
 from .clip import train_clip_stage
+from .dalle import STAGE as DALLE_STAGE
+from .dalle import train_dalle_stage
 from .data import TrainData, load_data
+from .device import barrier, is_main, process_group
 from .errors import UsageError
 from .rundir import check_run_dir, saved_config
 from .tokenizer import STAGE as TOKENIZER_STAGE
@@ -31,10 +39,12 @@ from .vae import train_vae
 STAGES = ("tokenizer", "vae", "dalle", "clip")  # in the order --stage all runs them
 # stage -> its trainer: (config, run dir, data, resume) -> a summary line of the result
 BUILT: dict[str, Callable[[Config, Path, TrainData, bool], str]] = {
-    TOKENIZER_STAGE: train_tokenizer_stage, VAE_STAGE: train_vae, CLIP_STAGE: train_clip_stage}
+    TOKENIZER_STAGE: train_tokenizer_stage, VAE_STAGE: train_vae, DALLE_STAGE: train_dalle_stage,
+    CLIP_STAGE: train_clip_stage}
 NEEDS_TOKENIZER = ("dalle", "clip")  # stages that read the run's tokenizer.json
+NEEDS_VAE = ("dalle",)  # stages that read the run's trained dVAE
+MAIN_PROCESS_ONLY = (TOKENIZER_STAGE,)  # stages rank 0 runs alone under torchrun
 STEPS_SECTION = {"vae": "vae", "dalle": "transformer", "clip": "clip"}  # stage -> config section it trains
-COMING_IN = "issue 5"  # where the stages not built yet are coming
 DEFAULT_PRESET = "demo"
 
 
@@ -43,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m dalle_fast.train",
                                      description="Train DALL-E stages into a run directory.")
     parser.add_argument("--stage", choices=("all", *STAGES), default="all",
-                        help="stage to train; 'all' runs every built stage in order (default: all)")
+                        help="stage to train; 'all' runs every stage in order (default: all)")
     parser.add_argument("--preset", choices=sorted(PRESETS),
                         help=f"configuration preset (default: {DEFAULT_PRESET}; with --resume, the saved config)")
     parser.add_argument("--data", help="'shapes' (the built-in data, default), a folder of images with "
@@ -63,9 +73,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     Usage errors exit with status 2 and a one-line message, as argparse does."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.stage != "all" and args.stage not in BUILT:
-        parser.error(f"--stage {args.stage}: the {args.stage} stage is not built yet (coming in {COMING_IN}); "
-                     f"built: {', '.join(BUILT)}")
     out = args.out if args.out is not None else Path("runs", args.preset or DEFAULT_PRESET)
     try:
         config = resolve_config(args, saved_config(out) if args.resume else None)
@@ -94,25 +101,32 @@ def resolve_config(args: argparse.Namespace, saved: Config | None) -> Config:
 
 
 def train(config: Config, out: Path, stage: str = "all", resume: bool = False, images: str | None = None) -> None:
-    """Train ``stage`` (or every built stage, for ``"all"``) of ``config`` in the run directory
+    """Train ``stage`` (or every stage, for ``"all"``) of ``config`` in the run directory
     ``out``, printing the data filter report (user data) and a summary line per stage.
-    ``images``: the image folder of a COCO-style captions JSON dataset."""
+    ``images``: the image folder of a COCO-style captions JSON dataset. Under torchrun, in the
+    process group of all its processes (see the module doc)."""
     stages = STAGES if stage == "all" else (stage,)
-    pending = [s for s in stages if s not in BUILT]
-    if pending:
-        print(f"not built yet (coming in {COMING_IN}), skipped: {', '.join(pending)}")
-    check_run_dir(out, config, resume)
-    if TOKENIZER_STAGE not in stages and any(s in NEEDS_TOKENIZER for s in stages):
-        load_tokenizer(config, out)  # missing or mismatched: fail before writing anything
-    data = load_data(config, images)
-    if data.report is not None:
-        print(data.report)
-    out.mkdir(parents=True, exist_ok=True)
-    config.save(out)
-    for name in (s for s in stages if s in BUILT):
-        started = time.perf_counter()
-        result = BUILT[name](config, out, data, resume)
-        print(f"{name}: {result}; wall time {time.perf_counter() - started:.1f} s; run directory {out}")
+    with process_group():
+        check_run_dir(out, config, resume, stages)
+        if TOKENIZER_STAGE not in stages and any(s in NEEDS_TOKENIZER for s in stages):
+            load_tokenizer(config, out)  # missing or mismatched: fail before writing anything
+        needs_vae = VAE_STAGE not in stages and any(s in NEEDS_VAE for s in stages)
+        if needs_vae and VAE_STAGE not in checkpointed_stages(out):
+            raise UsageError(f"{out} holds no vae checkpoint: train the vae first (--stage vae, with the same --out)")
+        data = load_data(config, images)
+        barrier()  # every process has checked the run directory before rank 0 writes to it
+        if is_main():
+            if data.report is not None:
+                print(data.report)
+            out.mkdir(parents=True, exist_ok=True)
+            config.save(out)
+        for name in stages:
+            started = time.perf_counter()
+            if is_main() or name not in MAIN_PROCESS_ONLY:
+                result = BUILT[name](config, out, data, resume)
+            barrier()
+            if is_main():
+                print(f"{name}: {result}; wall time {time.perf_counter() - started:.1f} s; run directory {out}")
 
 
 def _positive_int(text: str) -> int:

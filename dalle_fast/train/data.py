@@ -3,7 +3,8 @@ train loader whose order is a pure function of (seed, position), so a checkpoint
 position and a resumed run continues with the very same batches."""
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import itertools
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -81,15 +82,21 @@ def _build(make: Callable[[], Dataset], path: Path) -> Dataset:
         raise UsageError(f"--data {path}: {e}") from None
 
 
-def dataset_captions(dataset: Dataset, limit: int | None = None) -> list[str]:
-    """Every caption of the first ``limit`` items (all if None) of ``dataset``, read through the
-    datasets' ``captions(i)`` accessor without loading an image; ``dataset`` is a
+def item_captions(dataset: Dataset, limit: int | None = None) -> list[tuple[str, ...]]:
+    """The captions of each of the first ``limit`` items (all if None) of ``dataset``, read
+    through the datasets' ``captions(i)`` accessor without loading an image; ``dataset`` is a
     :class:`~dalle_fast.data.ShapesDataset`, a captioned user dataset, or a ``Subset`` of one."""
     if isinstance(dataset, Subset):
         source, indices = dataset.dataset, list(dataset.indices)
     else:
         source, indices = dataset, range(len(dataset))
-    return [text for i in indices[:limit] for text in source.captions(i)]
+    return [tuple(source.captions(i)) for i in indices[:limit]]
+
+
+def dataset_captions(dataset: Dataset, limit: int | None = None) -> list[str]:
+    """Every caption of the first ``limit`` items (all if None) of ``dataset``, in order (see
+    :func:`item_captions`)."""
+    return [text for captions in item_captions(dataset, limit) for text in captions]
 
 
 class IndexStream(Sampler[int]):
@@ -116,10 +123,32 @@ class IndexStream(Sampler[int]):
         return torch.randperm(self.size, generator=torch.Generator().manual_seed(seed))
 
 
-def train_loader(dataset: Dataset, batch_size: int, seed: int, start: int, num_workers: int) -> DataLoader:
-    """Endless batches of ``batch_size`` from ``dataset`` in :class:`IndexStream` order, starting
-    ``start`` samples into the stream. The loader's own seeded generator (worker seeds) keeps it
-    off torch's global RNG, whose state belongs to the training step."""
-    return DataLoader(dataset, batch_size=batch_size, sampler=IndexStream(len(dataset), seed, start),
-                      num_workers=num_workers, generator=torch.Generator().manual_seed(seed),
-                      pin_memory=torch.cuda.is_available())
+class RankSlice(Sampler[int]):
+    """This process's part of the global batches of ``stream``: the stream cut into batches of
+    ``batch_size`` indices, of each only the ``rank``-th of ``size`` equal slices. With
+    ``size`` 1, the stream itself."""
+
+    def __init__(self, stream: Iterable[int], batch_size: int, rank: int, size: int) -> None:
+        if not 0 <= rank < size:
+            raise ValueError(f"rank: must be in [0, {size}), got {rank}")
+        if batch_size < 1 or batch_size % size:
+            raise ValueError(f"batch_size: must be a positive multiple of size {size}, got {batch_size}")
+        self.stream, self.batch_size, self.rank, self.size = stream, batch_size, rank, size
+
+    def __iter__(self) -> Iterator[int]:
+        local = self.batch_size // self.size
+        indices = iter(self.stream)
+        while batch := list(itertools.islice(indices, self.batch_size)):
+            yield from batch[self.rank * local:(self.rank + 1) * local]
+
+
+def train_loader(dataset: Dataset, batch_size: int, seed: int, start: int, num_workers: int,
+                 rank: int = 0, size: int = 1) -> DataLoader:
+    """Endless batches from ``dataset`` in :class:`IndexStream` order, starting ``start``
+    samples into the stream: the ``rank``-th of ``size`` slices (:class:`RankSlice`) of every
+    global batch of ``batch_size``, so ``batch_size // size`` samples each. The loader's own
+    seeded generator (worker seeds) keeps it off torch's global RNG, whose state belongs to the
+    training step."""
+    sampler = RankSlice(IndexStream(len(dataset), seed, start), batch_size, rank, size)
+    return DataLoader(dataset, batch_size=batch_size // size, sampler=sampler, num_workers=num_workers,
+                      generator=torch.Generator().manual_seed(seed), pin_memory=torch.cuda.is_available())

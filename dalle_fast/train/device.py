@@ -1,14 +1,97 @@
-"""Where and in which precision training runs."""
+"""Where and in which precision training runs, and across how many processes.
+
+Under ``torchrun`` (its ``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
+``MASTER_PORT`` in the environment), :func:`process_group` joins the processes into one
+``torch.distributed`` group (NCCL on GPUs, gloo on the CPU); each process then trains on GPU
+``LOCAL_RANK`` (if there are GPUs). Without those variables there is one process and nothing
+here changes anything: :func:`world` is rank 0 of 1, :func:`barrier` and :func:`mean_over_ranks`
+do nothing.
+"""
 from __future__ import annotations
 
 import contextlib
+import os
+from collections.abc import Iterator
+from typing import NamedTuple
 
 import torch
+import torch.distributed as dist
+
+from .errors import UsageError
+
+
+class World(NamedTuple):
+    """This process's place among the training processes: ``rank`` of ``size``, and the
+    ``local_rank`` on its machine (which GPU it uses)."""
+
+    rank: int
+    size: int
+    local_rank: int
+
+
+def world() -> World:
+    """The running process group's view of this process (rank 0 of 1 without one)."""
+    if dist.is_available() and dist.is_initialized():
+        return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return World(0, 1, 0)
+
+
+def is_main() -> bool:
+    """Whether this process is rank 0, the one that writes files and prints."""
+    return world().rank == 0
+
+
+@contextlib.contextmanager
+def process_group() -> Iterator[World]:
+    """Join the torchrun process group for the duration of the block (NCCL with GPUs, gloo
+    without), set this process's GPU, and leave the group at the end. Without torchrun's
+    environment, or inside a group already joined, does nothing."""
+    if "WORLD_SIZE" not in os.environ or not dist.is_available() or dist.is_initialized():
+        yield world()
+        return
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if cuda else "gloo")
+    try:
+        yield world()
+    finally:
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    """Wait until every process gets here (nothing to wait for in a single process)."""
+    if dist.is_available() and dist.is_initialized():
+        if dist.get_backend() == "nccl":
+            dist.barrier(device_ids=[torch.cuda.current_device()])
+        else:
+            dist.barrier()
+
+
+def mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """``values`` averaged over the processes (every process must call this with the same keys,
+    in the same order); in a single process, ``values`` itself."""
+    if world().size == 1:
+        return values
+    stacked = torch.tensor(list(values.values()), dtype=torch.float64, device=device)
+    dist.all_reduce(stacked)
+    return dict(zip(values, (stacked / world().size).tolist(), strict=True))
+
+
+def local_batch_size(batch_size: int, size: int) -> int:
+    """The share of each of ``size`` processes of a global batch of ``batch_size``; raises
+    ``UsageError`` unless it divides evenly."""
+    if batch_size % size:
+        raise UsageError(f"batch_size {batch_size} (the global batch) must be a multiple of the number of "
+                         f"processes, {size}: change --nproc_per_node or the preset's batch_size")
+    return batch_size // size
 
 
 def pick_device() -> torch.device:
-    """The first GPU if there is one, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """This process's GPU (the current one, ``LOCAL_RANK`` under torchrun) if there is one, else the CPU."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", world().local_rank) if world().size > 1 else torch.device("cuda")
 
 
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:

@@ -14,6 +14,13 @@ A checkpoint holds everything the rest of the run depends on: weights (EMA weigh
 ``ema.`` when enabled), AdamW moments, the RNG states, and the data position (samples consumed
 from the :class:`~.data.IndexStream`), so that resuming from it reproduces the uninterrupted run
 bit for bit, metrics included (except wall-clock seconds).
+
+Under ``torchrun`` (:mod:`.device`) every process runs the same loop on its slice of each global
+batch of ``optim.batch_size`` (:func:`~.data.train_loader`), through ``DistributedDataParallel``,
+which averages the gradients: the update equals the single-process update on the whole batch.
+Train records average the processes' values; only rank 0 evaluates, writes records and
+checkpoints and shows the progress bar. All processes share one seed, so their RNG states stay
+equal and rank 0's checkpoint restores every process.
 """
 from __future__ import annotations
 
@@ -21,13 +28,14 @@ import random
 import time
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ..checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -35,7 +43,7 @@ from ..config import Config, OptimConfig
 from ..ema import EMA
 from ..schedules import learning_rate
 from .data import TrainData, train_loader
-from .device import autocast, pick_device
+from .device import autocast, barrier, is_main, local_batch_size, mean_over_ranks, pick_device, world
 from .errors import UsageError
 from .log import MetricsLog
 from .optim import load_optimizer_state, make_optimizer, optimizer_state, set_lr
@@ -62,9 +70,11 @@ class StageTrainer(ABC):
 
     def __init__(self, config: Config, run_dir: Path, data: TrainData, optim: OptimConfig) -> None:
         self.config, self.run_dir, self.data, self.optim = config, run_dir, data, optim
-        self.device = pick_device()
+        self.device, self.world = pick_device(), world()
+        self.local_batch_size = local_batch_size(optim.batch_size, self.world.size)
         seed_everything(config.train.seed)
         self.model = self.build_model().to(self.device)
+        self.distributed = self.wrap_distributed() if self.world.size > 1 else None
         self.optimizer = make_optimizer(self.parameters(), optim)
         self.ema = EMA(self.model, optim.ema_decay) if optim.ema_decay else None
         self.log = MetricsLog(run_dir)
@@ -108,27 +118,30 @@ class StageTrainer(ABC):
         checkpoint = load_checkpoint(self.run_dir, self.stage) if resume else None
         if checkpoint is not None:
             self.restore(checkpoint)
-        self.log.rewind(self.stage, self.step)
+        if is_main():
+            self.log.rewind(self.stage, self.step)
         if self.step >= self.optim.steps:
             return
         batches = iter(train_loader(self.data.train, self.optim.batch_size, self.config.train.seed,
-                                    start=self.samples_seen, num_workers=self.config.train.num_workers))
+                                    start=self.samples_seen, num_workers=self.config.train.num_workers,
+                                    rank=self.world.rank, size=self.world.size))
         with tqdm(total=self.optim.steps, initial=self.step, desc=self.stage, unit="step",
-                  dynamic_ncols=True) as progress:
+                  dynamic_ncols=True, disable=not is_main()) as progress:
             while self.step < self.optim.steps:
                 batch = next(batches)
                 settings = self.settings(self.step)
                 output = self.update(batch, settings)
                 self.step += 1
-                self.samples_seen += len(batch[0])
+                self.samples_seen += self.optim.batch_size
                 progress.update()
                 self.after_step(output, settings, progress)
+        barrier()  # rank 0's last records and checkpoint are on disk for every process
 
     def update(self, batch: Any, settings: NamedTuple) -> NamedTuple:
         """One optimizer step on ``batch`` with ``settings`` (its ``lr`` among them)."""
         set_lr(self.optimizer, settings.lr)
         with self.precision():
-            output = self.forward(batch, settings)
+            output = (self.forward if self.distributed is None else self.distributed)(batch, settings)
         self.optimizer.zero_grad(set_to_none=True)
         output.loss.backward()
         if self.optim.grad_clip:
@@ -142,16 +155,27 @@ class StageTrainer(ABC):
         """Log, validate and checkpoint when the step just done calls for it (the last step does all three)."""
         train, last = self.config.train, self.step == self.optim.steps
         if self.step % train.log_every == 0 or last:
-            record = {**self.train_metrics(output), **settings._asdict()}
+            record = {**mean_over_ranks(self.train_metrics(output), self.device), **settings._asdict()}
             self.append("train", record)
             progress.set_postfix({key: f"{record[key]:.4g}" for key in self.shown})
+        if not is_main():
+            return
         if self.step % train.eval_every == 0 or last:
             self.append("val", self.evaluate(self.ema.model if self.ema is not None else self.model))
         if self.step % train.checkpoint_every == 0 or last:
             save_checkpoint(self.run_dir, self.stage, self.checkpoint())
 
+    def wrap_distributed(self) -> DistributedDataParallel:
+        """:meth:`forward` as a module over ``self.model``, wrapped in ``DistributedDataParallel``:
+        calling it runs the stage's forward on this process's slice, and the backward pass then
+        averages the gradients of every process."""
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(_StageForward(self.model, self.forward), device_ids=device_ids)
+
     def append(self, split: str, metrics: dict[str, Any]) -> None:
-        """Add a ``split`` record of ``metrics`` at the current step to ``metrics.jsonl``."""
+        """Add a ``split`` record of ``metrics`` at the current step to ``metrics.jsonl`` (rank 0 only)."""
+        if not is_main():
+            return
         self.log.append({"stage": self.stage, "split": split, "step": self.step, **metrics,
                          "seconds": self.seconds()})
 
@@ -190,6 +214,18 @@ class StageTrainer(ABC):
                           stacklevel=2)
         self.step, self.samples_seen, self.seconds_before = checkpoint.step, meta["samples_seen"], meta["seconds"]
         self.started = time.perf_counter()
+
+
+class _StageForward(nn.Module):
+    """A stage's forward pass (``forward(batch, settings)``, which runs ``model``) as a module
+    owning ``model``'s parameters, for ``DistributedDataParallel`` to wrap."""
+
+    def __init__(self, model: nn.Module, forward: Callable[[Any, NamedTuple], NamedTuple]) -> None:
+        super().__init__()
+        self.model, self.stage_forward = model, forward
+
+    def forward(self, batch: Any, settings: NamedTuple) -> NamedTuple:
+        return self.stage_forward(batch, settings)
 
 
 def trained_weights(run_dir: Path, stage: str) -> dict[str, torch.Tensor]:

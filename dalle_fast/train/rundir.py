@@ -2,6 +2,7 @@
 resumed run continues only with the configuration it was started with."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,18 +21,21 @@ def saved_config(run_dir: Path) -> Config | None:
         raise UsageError(f"--out {run_dir}: cannot read its {CONFIG_FILE}: {e}") from None
 
 
-def check_run_dir(run_dir: Path, config: Config, resume: bool) -> None:
-    """Raise ``UsageError`` unless ``config`` may run in ``run_dir``: without ``resume``, the
-    directory must hold no checkpoints; with it, ``config`` must equal the saved config (if any)."""
-    stages = checkpointed_stages(run_dir)
-    if stages and not resume:
-        raise UsageError(f"--out {run_dir} already holds a run with checkpoints ({', '.join(stages)}); "
+def check_run_dir(run_dir: Path, config: Config, resume: bool, stages: Sequence[str] | None = None) -> None:
+    """Raise ``UsageError`` unless ``config`` may run ``stages`` (None: any stage) in
+    ``run_dir``: without ``resume``, none of them may have a checkpoint there; with it, or when
+    other stages have checkpoints there (which a later stage builds on), ``config`` must equal
+    the saved config (if any)."""
+    existing = checkpointed_stages(run_dir)
+    ours = [s for s in existing if stages is None or s in stages]
+    if ours and not resume:
+        raise UsageError(f"--out {run_dir} already holds a run with checkpoints ({', '.join(ours)}); "
                          "pass --resume to continue it, or choose another --out")
-    saved = saved_config(run_dir) if resume else None
+    saved = saved_config(run_dir) if resume or existing else None
     if saved is not None and saved != config:
         differences = "; ".join(config_differences(saved, config))
-        raise UsageError(f"--resume: the run in {run_dir} was started with another config ({differences}); "
-                         "resume without --preset/--steps/--data to continue with its saved config, "
+        raise UsageError(f"--out {run_dir}: the run there was started with another config ({differences}); "
+                         "continue it without --preset/--steps/--data to use its saved config, "
                          "or choose another --out")
 
 
