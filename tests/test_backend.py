@@ -51,6 +51,8 @@ def _ops():
         "codebook_lookup": lambda: dk.codebook_lookup(torch.tensor([0, 6, 2]), codebook),
         "nearest_codebook": lambda: dk.nearest_codebook(torch.randn(4, 3), codebook)[1],
         "sparse_attention": lambda: dk.sparse_attention(q, q, q, mask),
+        "fused_linear_cross_entropy":
+            lambda: dk.fused_linear_cross_entropy(logits, codebook.t(), torch.tensor([0, 2, 1, 2, 0])),
     }
 
 

@@ -25,4 +25,4 @@ def test_public_api_names(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(sorted(
         ["backend_for", "gumbel_softmax", "gumbel_softmax_codebook", "codebook_lookup", "nearest_codebook",
-         "dalle_mask", "sparse_attention", "sparse_attention_decode"]))
+         "dalle_mask", "sparse_attention", "sparse_attention_decode", "fused_linear_cross_entropy"]))
