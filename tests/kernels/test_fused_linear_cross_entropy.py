@@ -151,11 +151,13 @@ def test_row_slice_weights_pass_gradients_to_the_parent(device, transposed_paren
     # image rows W[V_text:]; loss = CE_text / 8 + 7 CE_image / 8. The parent is also stored
     # transposed, so the slices are non-contiguous.
     v_text, v_image, d = 70, 45, 12
-    parent = torch.randn(d, v_text + v_image, device=device).t() if transposed_parent else \
-        torch.randn(v_text + v_image, d, device=device)
+    parent = torch.randn(v_text + v_image, d, device=device)
+    if transposed_parent:
+        parent = parent.t().contiguous().t()
     parent_bias = torch.randn(v_text + v_image, device=device)
     text, image = torch.randn(19, d, device=device), torch.randn(40, d, device=device)
-    text_target, image_target = torch.randint(v_text, (19,), device=device), torch.randint(v_image, (40,), device=device)
+    text_target = torch.randint(v_text, (19,), device=device)
+    image_target = torch.randint(v_image, (40,), device=device)
     text_target[3] = -100
 
     def head_loss(fn, w, b, h_text, h_image):
