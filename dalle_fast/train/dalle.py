@@ -109,22 +109,9 @@ class DALLETrainer(StageTrainer):
     def forward(self, batch: tuple[torch.Tensor, torch.Tensor], settings: NamedTuple) -> DALLEOutput:
         image, indices = batch
         first = self.samples_seen + self.world.rank * self.local_batch_size  # stream position of this slice
-        text = self.training_text(indices.tolist(), first)
+        text = training_text(self.tokenizer, [self.data.train.captions[i] for i in indices.tolist()], first,
+                             self.config.train.seed, self.config.transformer.bpe_dropout)
         return self.model(text.to(self.device, non_blocking=True), image.to(self.device, non_blocking=True))
-
-    def training_text(self, indices: list[int], first: int) -> torch.Tensor:
-        """Text tokens (B, text_len) of train items ``indices`` at stream positions ``first``,
-        ``first + 1``, ...: for each, a caption of the item and its BPE dropout, drawn from a
-        generator seeded by (run seed, position)."""
-        captions, dropout, seed = self.data.train.captions, self.config.transformer.bpe_dropout, self.config.train.seed
-        rows = []
-        for position, index in enumerate(indices, start=first):
-            state = np.random.SeedSequence([CAPTION_STREAM, seed, position]).generate_state(1)[0]
-            generator = torch.Generator().manual_seed(int(state))
-            choices = captions[index]
-            text = choices[int(torch.randint(len(choices), (), generator=generator))]
-            rows.append(self.tokenizer.encode([text], dropout, generator))
-        return torch.cat(rows)
 
     def train_metrics(self, output: DALLEOutput) -> dict[str, float]:
         return {"loss": output.loss.item(), "text_loss": output.text_loss.item(),
@@ -176,6 +163,21 @@ class DALLETrainer(StageTrainer):
             key = "samples_correct_heldout" if held else "samples_correct"
             correct[key].append(attribute_agreement(row, [attributes[i]] * SAMPLES_PER_PROMPT))
         return {key: float(np.mean(shares)) for key, shares in correct.items() if shares}
+
+
+def training_text(tokenizer: CaptionTokenizer, captions: list[tuple[str, ...]], first: int, seed: int,
+                  dropout: float) -> torch.Tensor:
+    """Text tokens (B, text_len) of the B samples at train stream positions ``first``,
+    ``first + 1``, ... whose items have ``captions`` (a tuple each): for each sample one of its
+    captions, tokenized with BPE ``dropout``, both drawn from a generator seeded by (``seed``,
+    position), so a sample's text depends on nothing else (not on the batch it is part of)."""
+    rows = []
+    for position, choices in enumerate(captions, start=first):
+        state = np.random.SeedSequence([CAPTION_STREAM, seed, position]).generate_state(1)[0]
+        generator = torch.Generator().manual_seed(int(state))
+        text = choices[int(torch.randint(len(choices), (), generator=generator))]
+        rows.append(tokenizer.encode([text], dropout, generator))
+    return torch.cat(rows)
 
 
 def sample_prompts(captions: list[tuple[str, ...]], attributes: list[Attributes] | None,
