@@ -111,7 +111,7 @@ class Block(nn.Module):
         attends through ``sparse_attention_decode``; a prefix (start = 0) through SDPA with the
         mask's top-left n x n corner. -> (B, n, d)."""
         n = x.shape[1]
-        q, k, v = self._heads(x)
+        q, k, v = (t.to(cache.dtype) for t in self._heads(x))
         cache[0, :, :, start:start + n] = k
         cache[1, :, :, start:start + n] = v
         if n == 1:
@@ -202,11 +202,12 @@ class DALLE(nn.Module):
         return F.linear(hidden[:, :t - 1], *self._text_head()), F.linear(hidden[:, t - 1:-1], *self._image_head())
 
     def new_cache(self, batch: int) -> torch.Tensor:
-        """An empty key/value cache for ``batch`` sequences: (layers, 2, B, H, S, Dh) zeros in
-        the parameters' dtype and device."""
-        t = self.config.transformer
-        weight = self.text_position
-        return weight.new_zeros(t.layers, 2, batch, t.heads, self.config.seq_len, t.head_dim)
+        """An empty key/value cache for ``batch`` sequences: (layers, 2, B, H, S, Dh) zeros on the
+        parameters' device, in the autocast dtype when autocast is on there, else the parameters' dtype."""
+        t, weight = self.config.transformer, self.text_position
+        device = weight.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+        return weight.new_zeros(t.layers, 2, batch, t.heads, self.config.seq_len, t.head_dim, dtype=dtype)
 
     @torch.no_grad()
     def prefill(self, text: torch.Tensor, prime: torch.Tensor, cache: torch.Tensor) -> torch.Tensor:

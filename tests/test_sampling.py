@@ -139,3 +139,14 @@ def test_bad_text_and_model():
         sample_image_tokens(model, torch.zeros(2, 16, dtype=torch.long), prime=torch.zeros(2, 3))
     with pytest.raises(TypeError, match="model"):
         sample_image_tokens(torch.nn.Linear(2, 2), torch.zeros(2, 16, dtype=torch.long))
+
+
+def test_sampling_under_autocast_keeps_a_bf16_cache():
+    """Training samples its grids under bf16 autocast: the cache then holds bf16 keys and values."""
+    model = model_of()
+    text, _ = random_tokens(model, 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model.new_cache(2).dtype == torch.bfloat16
+        tokens = sample_image_tokens(model, text, top_k=5, generator=torch.Generator().manual_seed(0))
+    assert tokens.shape == (2, 16) and tokens.dtype == torch.long
+    assert model.new_cache(2).dtype == torch.float32
