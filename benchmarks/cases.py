@@ -5,11 +5,12 @@ function on the DEFAULT backend: the Triton kernels for CUDA tensors, the PyTorc
 CPU tensors) and the peers a user would pick instead (``F.gumbel_softmax``, ``torch.compile`` of
 it, gumbel-softmax + matmul, ``F.embedding``, ``torch.cdist`` + argmin; for attention SDPA with
 the dense bool mask, SDPA causal on the flash backend, compiled FlexAttention with the same
-mask). On a GPU the shapes are the paper's dVAE (batch 8, 32x32 latent grid, K = 8192 codes) and
-the paper's transformer attention (T = 256 text + 32x32 image tokens, head dim 64, batch 8,
-16 heads) in bfloat16; on a CPU they are small float32 shapes, so the CPU suites time the
-reference against the eager peers. The Triton interpreter is never benchmarked: its timings say
-nothing about a GPU.
+mask; for the loss, matmul + F.cross_entropy). On a GPU the shapes are the paper's dVAE (batch 8,
+32x32 latent grid, K = 8192 codes), the paper's transformer attention (T = 256 text + 32x32 image
+tokens, head dim 64, batch 8, 16 heads) and the gpu preset's loss step (batch 32 x (256 text rows
+against 16384 + 256 text tokens and 1024 image rows against 8192 codes), D = 512) in bfloat16; on
+a CPU they are small float32 shapes, so the CPU suites time the reference against the eager peers.
+The Triton interpreter is never benchmarked: its timings say nothing about a GPU.
 
 Each case states the bytes an implementation must move (inputs read once + outputs written once,
 for GB/s) and, where matmuls dominate, the useful FLOPs (for TFLOP/s); both are the same for
@@ -77,6 +78,29 @@ PAPER_ATTENTION = AttentionSizes(batch=8, heads=16, text_len=256, image_size=32,
 CPU_ATTENTION = AttentionSizes(batch=2, heads=2, text_len=16, image_size=8, head_dim=32)
 ATTENTION_SIZES = PAPER_ATTENTION if ON_GPU else CPU_ATTENTION
 ATTENTION_KINDS = ("full", "row", "column", "conv")
+
+
+@dataclass(frozen=True)
+class HeadSizes:
+    """The transformer's loss step: per sample ``text_len`` text rows against the text vocabulary
+    (BPE tokens + one padding token per position) and ``image_tokens`` image rows against the
+    ``codes`` image tokens, all of width D; one (text_vocab + codes, D) output matrix."""
+    batch: int
+    text_len: int
+    text_vocab: int
+    image_tokens: int
+    codes: int
+    width: int
+
+    @property
+    def rows(self) -> tuple[int, int]:
+        return self.batch * self.text_len, self.batch * self.image_tokens
+
+
+GPU_HEAD = HeadSizes(batch=32, text_len=256, text_vocab=16384 + 256, image_tokens=1024, codes=8192, width=512)
+CPU_HEAD = HeadSizes(batch=2, text_len=16, text_vocab=512 + 16, image_tokens=64, codes=512, width=64)
+HEAD_SIZES = GPU_HEAD if ON_GPU else CPU_HEAD
+PLAIN_CE = "matmul+F.cross_entropy"
 
 
 @dataclass(frozen=True)
@@ -296,9 +320,43 @@ def sparse_attention_decode_cases(s: AttentionSizes = ATTENTION_SIZES) -> list[C
     return cases
 
 
-def all_cases(s: Sizes = SIZES, a: AttentionSizes = ATTENTION_SIZES) -> list[Case]:
+def dalle_head_loss(cross_entropy: Callable[..., torch.Tensor], s: HeadSizes) -> Callable[..., torch.Tensor]:
+    """The transformer's loss on (hidden, weight, indices): rows ``:N_text`` of hidden are text
+    rows scored against ``weight[:text_vocab]``, the rest image rows against ``weight[text_vocab:]``,
+    loss = text CE / 8 + 7 image CE / 8 (``cross_entropy(hidden, weight, target)``, mean over rows)."""
+    text_rows = s.rows[0]
+
+    def loss(hidden: torch.Tensor, weight: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        text = cross_entropy(hidden[:text_rows], weight[:s.text_vocab], indices[:text_rows])
+        image = cross_entropy(hidden[text_rows:], weight[s.text_vocab:], indices[text_rows:])
+        return text / 8 + 7 * image / 8
+
+    return loss
+
+
+def plain_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The unfused path: the whole (N, V) logits, then F.cross_entropy."""
+    return F.cross_entropy(hidden @ weight.T, target)
+
+
+def fused_linear_cross_entropy_cases(s: HeadSizes = HEAD_SIZES) -> list[Case]:
+    """One loss step of both heads: hidden (N_text + N_image, D), weight (text_vocab + codes, D),
+    targets < codes (valid for both vocabularies)."""
+    n, v, d, e = sum(s.rows), s.text_vocab + s.codes, s.width, DTYPE.itemsize
+    contenders = (Contender(OURS, dalle_head_loss(dk.fused_linear_cross_entropy, s)),
+                  Contender(PLAIN_CE, dalle_head_loss(plain_linear_cross_entropy, s)))
+    # fwd: read hidden, weight and the int64 targets. bwd: write dhidden and dweight. FLOPs: the
+    # logits (text rows x text vocabulary + image rows x codes); bwd adds dhidden and dweight.
+    fwd = (n + v) * d * e + n * INT64_BYTES
+    logits = s.rows[0] * s.text_vocab + s.rows[1] * s.codes
+    return [Case("fused_linear_cross_entropy", f"B={s.batch}", {"hidden": (n, d), "weight": (v, d)}, contenders,
+                 bytes=(fwd, fwd + (n + v) * d * e), flops=(2 * logits * d, 6 * logits * d), indices=((n,), s.codes))]
+
+
+def all_cases(s: Sizes = SIZES, a: AttentionSizes = ATTENTION_SIZES, h: HeadSizes = HEAD_SIZES) -> list[Case]:
     return (gumbel_softmax_cases(s) + gumbel_softmax_codebook_cases(s) + codebook_lookup_cases(s)
-            + nearest_codebook_cases(s) + sparse_attention_cases(a) + sparse_attention_decode_cases(a))
+            + nearest_codebook_cases(s) + sparse_attention_cases(a) + sparse_attention_decode_cases(a)
+            + fused_linear_cross_entropy_cases(h))
 
 
 def runs(case_list: list[Case], on_gpu: bool = ON_GPU) -> list[Run]:

@@ -1,5 +1,5 @@
 """GPU benchmark report of the dalle_kernels ops against their peers, at the paper's dVAE and
-transformer-attention shapes.
+transformer-attention shapes and the gpu preset's loss step.
 
 Run from the repository root on a CUDA machine: ``python benchmarks/report.py``. For every case of
 ``cases.py`` (bfloat16) and every contender, forward and forward + backward, it records the
@@ -117,6 +117,14 @@ def evaluate_targets(records: list[dict], copy_gbps: float) -> list[dict]:
                        "SDPA over the full cache",
                        ratio("ms", "sparse_attention_decode", case.name, "fwd", "SDPA over the full cache", cases.OURS),
                        ">=", 5.0))
+    for case in cases.fused_linear_cross_entropy_cases():
+        args = ("fused_linear_cross_entropy", case.name, "fwd+bwd", cases.OURS, cases.PLAIN_CE)
+        checks += [
+            (f"fused_linear_cross_entropy loss step {case.name} fwd+bwd: peak memory / {cases.PLAIN_CE}'s",
+             ratio("peak_extra_MiB", *args), "<=", 0.25),
+            (f"fused_linear_cross_entropy loss step {case.name} fwd+bwd: time / {cases.PLAIN_CE}'s",
+             ratio("ms", *args), "<=", 1.1),
+        ]
     return [{"target": what, "achieved": value, "goal": f"{sense} {goal}",
              "verdict": "PASS" if value is not None and (value >= goal if sense == ">=" else value <= goal) else "MISS"}
             for what, value, sense, goal in checks]

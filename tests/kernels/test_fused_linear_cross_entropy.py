@@ -12,9 +12,17 @@ from dalle_kernels.ops.fused_linear_cross_entropy.reference import fused_linear_
 from dalle_kernels.testing import assert_close, kernel_dtypes
 
 REDUCTIONS = ("mean", "sum", "none")
-# (N, D, V): a single row; V = 4500 over two blocks of the vocabulary (the second masked) in three
-# chunks of rows (16, 16, 5); 150 rows in ten chunks, the last partial.
-CASES = [(1, 7, 33), (37, 24, 4500), (150, 8, 300)]
+# (N, D, V), with Liger's chunk rule alone (see small_chunks): a single row; V = 4500 over two
+# blocks of the vocabulary (the second masked), one row per chunk; 150 rows in five chunks of 32,
+# the last partial.
+CASES = [(1, 7, 33), (37, 24, 4500), (150, 40, 300)]
+DEFAULT_MIN_CHUNK_ELEMENTS = flce_kernel.MIN_CHUNK_ELEMENTS
+
+
+@pytest.fixture(autouse=True)
+def small_chunks(monkeypatch):
+    """No lower bound on the chunk size, so small test shapes span several chunks."""
+    monkeypatch.setattr(flce_kernel, "MIN_CHUNK_ELEMENTS", 1)
 
 
 def inputs(n, d, v, device, dtype=torch.float32, bias=True, ignored=0.2, ignore_index=-100):
@@ -71,8 +79,20 @@ def test_cases_span_several_chunks_and_vocabulary_blocks():
     """The shapes above exercise what they claim (guards against a change of the launch settings)."""
     one, two_blocks, many_chunks = (flce_kernel._launch_settings(n, v, d) for n, d, v in CASES)
     assert one.chunk_rows == 1
-    assert 1 < 4500 / two_blocks.block_v < 2 and 37 // two_blocks.chunk_rows == 2
-    assert 150 // many_chunks.chunk_rows >= 5 and 150 % many_chunks.chunk_rows != 0
+    assert 1 < 4500 / two_blocks.block_v < 2 and two_blocks.chunk_rows < 37
+    assert 150 // many_chunks.chunk_rows >= 4 and 150 % many_chunks.chunk_rows != 0
+
+
+def test_default_chunk_sizes(monkeypatch):
+    # gpu preset: 32 x 256 text rows against 16384 + 256 text tokens, 32 x 1024 image rows against
+    # 8192 codes, D = 512: 2048 and 4096 rows (64 MiB of bfloat16 logits each); the buffer stays
+    # within MAX_CHUNK_ELEMENTS for any vocabulary, and never has more rows than hidden.
+    monkeypatch.setattr(flce_kernel, "MIN_CHUNK_ELEMENTS", DEFAULT_MIN_CHUNK_ELEMENTS)
+    settings = flce_kernel._launch_settings
+    assert settings(8192, 16640, 512).chunk_rows == 2048 and settings(32768, 8192, 512).chunk_rows == 4096
+    assert settings(10, 8192, 512).chunk_rows == 10 and settings(1 << 20, 64, 4096).chunk_rows == 1 << 20
+    for vocab in (8192, 16640, 10**6, 10**8):
+        assert 1 <= settings(1 << 20, vocab, 512).chunk_rows * vocab <= max(vocab, flce_kernel.MAX_CHUNK_ELEMENTS)
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -254,7 +274,7 @@ def test_never_allocates_the_full_logits(device, monkeypatch, reduction):
     hidden, weight, bias, target = inputs(n, d, v, device)
     with torch.no_grad():
         dk.fused_linear_cross_entropy(hidden, weight, target, bias=bias, reduction=reduction)
-    assert sorted(allocated) == [n, 16 * v]  # the losses and one chunk of logits
+    assert sorted(allocated) == [n, flce_kernel._launch_settings(n, v, d).chunk_rows * v]  # losses, one chunk
     allocated.clear()
     loss_and_grads(dk.fused_linear_cross_entropy, hidden, weight, bias, target, upstream(reduction, n, device),
                    reduction=reduction)

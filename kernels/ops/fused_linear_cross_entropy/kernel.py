@@ -27,8 +27,11 @@ import triton.language as tl
 
 from ..._memory import new_output
 
-MIN_CHUNK_ROWS = 16  # smaller chunks make matmuls too small to be efficient
-MAX_CHUNK_ELEMENTS = 1 << 26  # logits buffer bound (128 MiB in 16-bit) whatever N is
+# Bounds of the logits buffer, in elements. Below the lower one matmuls get small and the float32
+# dweight accumulator (read and written once per chunk) costs more than it saves; the upper one
+# (128 MiB in 16-bit) holds whatever N is.
+MIN_CHUNK_ELEMENTS = 1 << 25
+MAX_CHUNK_ELEMENTS = 1 << 26
 MAX_BLOCK_V = 4096  # vocabulary entries per loop step of the kernel
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -81,12 +84,13 @@ def _launch_settings(rows: int, vocab: int, size: int) -> LaunchSettings:
     """Chunks for ``rows`` rows of width ``size`` against a vocabulary of ``vocab`` entries.
 
     Like Liger-Kernel, a chunk's logits hold about as many elements as ``hidden`` itself:
-    ``chunk_rows = next_pow2(ceil(rows / ceil(vocab / size)))``, at least MIN_CHUNK_ROWS (or all
-    rows when fewer) and at most MAX_CHUNK_ELEMENTS / vocab (rounded down to a power of two).
+    ``chunk_rows = next_pow2(ceil(rows / ceil(vocab / size)))``; but at least MIN_CHUNK_ELEMENTS
+    (rounded up to a power of two of rows) and at most MAX_CHUNK_ELEMENTS (rounded down), and
+    never more than ``rows``.
     """
     chunk_rows = triton.next_power_of_2(triton.cdiv(rows, triton.cdiv(vocab, size)))
-    chunk_rows = min(chunk_rows, _prev_power_of_2(max(1, MAX_CHUNK_ELEMENTS // vocab)))
-    chunk_rows = min(max(chunk_rows, MIN_CHUNK_ROWS), max(rows, 1))
+    chunk_rows = max(chunk_rows, triton.next_power_of_2(triton.cdiv(MIN_CHUNK_ELEMENTS, vocab)))
+    chunk_rows = min(chunk_rows, _prev_power_of_2(max(1, MAX_CHUNK_ELEMENTS // vocab)), max(rows, 1))
     block_v = min(triton.next_power_of_2(vocab), MAX_BLOCK_V)
     return LaunchSettings(chunk_rows, block_v, num_warps=8 if block_v >= 2048 else 4)
 
