@@ -81,6 +81,18 @@ def test_feature_statistics_and_distance_of_features() -> None:
     assert frechet_distance_of_features(x, shifted) == pytest.approx(5.0, rel=1e-8)  # only the mean moves
 
 
+@pytest.mark.parametrize("n, m, d", [(5, 9, 30), (12, 7, 12), (40, 60, 6)])
+def test_distance_of_few_samples_equals_the_covariance_form(n: int, m: int, d: int) -> None:
+    # fewer samples than dimensions takes the N x M singular-value route; it must equal the
+    # D x D route on the fitted statistics
+    a = torch.randn(n, d, dtype=torch.float64) * torch.rand(d, dtype=torch.float64)
+    b = torch.randn(m, d, dtype=torch.float64) + 0.5
+    want = frechet_distance(*feature_statistics(a), *feature_statistics(b))
+    assert frechet_distance_of_features(a, b) == pytest.approx(want, rel=1e-8)
+    assert frechet_distance_of_features(b, a) == pytest.approx(want, rel=1e-8)
+    assert frechet_distance_of_features(a, a.clone()) == pytest.approx(0.0, abs=1e-9)
+
+
 @pytest.mark.parametrize("call, error, match", [
     (lambda: frechet_distance(torch.zeros(3), torch.eye(2), torch.zeros(3), torch.eye(3)), ValueError, "sigma1"),
     (lambda: frechet_distance(torch.zeros(3), torch.eye(3), torch.zeros(2), torch.eye(3)), ValueError, "mu2"),

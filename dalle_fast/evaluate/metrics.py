@@ -8,6 +8,7 @@ from an RNG).
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -68,12 +69,28 @@ def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor,
 
 
 def frechet_distance_of_features(a: torch.Tensor, b: torch.Tensor) -> float:
-    """:func:`frechet_distance` between Gaussians fitted to features ``a`` (N, D) and ``b`` (M, D)."""
+    """:func:`frechet_distance` between Gaussians fitted to features ``a`` (N, D) and ``b`` (M, D)
+    (:func:`feature_statistics`), in float64.
+
+    With fewer samples than dimensions (min(N, M) < D, e.g. a few hundred images of 2048
+    Inception features) it avoids the D x D roots: with centred samples X (N, D) and Y (M, D), the
+    covariances are X^T X / (N-1) and Y^T Y / (M-1), and the nonzero eigenvalues of their product
+    are the squared singular values of X Y^T / sqrt((N-1)(M-1)) (AB and BA share them), so
+    tr((sigma1 sigma2)^(1/2)) is the sum of those singular values: exact, at the cost of an
+    N x M matrix."""
     _check_features("a", a)
     _check_features("b", b)
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"b: features of size {b.shape[1]}, but a has {a.shape[1]}")
-    return frechet_distance(*feature_statistics(a), *feature_statistics(b))
+    if min(len(a), len(b)) >= a.shape[1]:
+        return frechet_distance(*feature_statistics(a), *feature_statistics(b))
+    x, y = (t.detach().to("cpu", torch.float64) for t in (a, b))
+    mu1, mu2 = x.mean(dim=0), y.mean(dim=0)
+    x, y = x - mu1, y - mu2
+    n, m = len(x) - 1, len(y) - 1
+    cross = torch.linalg.svdvals(x @ y.T).sum() / math.sqrt(n * m)
+    distance = (mu1 - mu2).square().sum() + x.square().sum() / n + y.square().sum() / m - 2 * cross
+    return max(float(distance), 0.0)
 
 
 class Embedder(Protocol):

@@ -1,0 +1,269 @@
+"""The evaluation of a run: load its trained stages, measure the dVAE and the transformer on the
+eval split, sample images for the prompts, score and rerank them with the run's CLIP, and gather
+every number of the report (:mod:`.report` documents its keys and writes it).
+
+Sampling is deterministic: prompt ``p`` draws its samples from a generator seeded with
+``(seed, p)``, so a prompt's samples do not depend on the other prompts (nor on
+``--num-prompts``). The k-th point of the reranking curve keeps, for each prompt, the CLIP-best of
+its first k samples (k = 1: the first sample, no reranking).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..checkpoint import checkpointed_stages
+from ..clip import CLIP
+from ..config import Config
+from ..dvae import DiscreteVAE
+from ..model import DALLE
+from ..sampling import sample_image_tokens
+from ..tokenizer import CaptionTokenizer
+from ..train.clip import load_clip
+from ..train.dalle import TOP_K_FRACTION, load_dalle
+from ..train.device import autocast, pick_device
+from ..train.errors import UsageError
+from ..train.rundir import saved_config
+from ..train.tokenizer import load_tokenizer
+from ..train.tokens import encode_split
+from ..train.vae import load_vae
+from ..train.vae_eval import validate_vae
+from .data import EvalData, Prompts, choose_prompts, eval_data, with_dataset
+from .inception import inception_features, load_inception
+from .metrics import (
+    ALL,
+    ATTRIBUTE_FIELDS,
+    attribute_accuracy,
+    attribute_hits,
+    clip_score,
+    frechet_distance_of_features,
+    rerank_counts,
+    rerank_curve,
+    reranked,
+)
+
+STAGES = ("vae", "dalle", "clip")  # the checkpoints an evaluation needs (and the tokenizer)
+GROUPS = {"held_in": False, "held_out": True}  # report group -> heldout flag of its prompts
+SEED_STREAM = 0xE7A1  # tells the evaluation's sampling seeds apart from other streams of a seed
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """The settings of one evaluation (the command line's flags). ``samples_per_prompt`` None:
+    the run's ``clip.candidates``; ``top_k`` None: the dalle stage's sample-grid setting (the top
+    quarter of the image codes)."""
+
+    data: str | None = None
+    images: str | None = None
+    split: str = "val"
+    num_prompts: int = 32
+    samples_per_prompt: int | None = None
+    seed: int = 0
+    temperature: float = 1.0
+    top_k: int | None = None
+    batch_size: int = 64
+    inception_weights: str | None = None
+
+
+class Models(NamedTuple):
+    """A run's trained stages, in eval mode on ``device``."""
+
+    tokenizer: CaptionTokenizer
+    vae: DiscreteVAE
+    dalle: DALLE
+    clip: CLIP
+    device: torch.device
+
+
+class Samples(NamedTuple):
+    """``images`` (P, S, 3, H, W) in [0, 1] on the CPU, S per prompt; ``scores`` (P, S) their CLIP
+    scores against their prompt."""
+
+    images: torch.Tensor
+    scores: torch.Tensor
+
+
+def load_run_config(run_dir: Path) -> Config:
+    """The saved config of the run in ``run_dir``, after checking the run has every stage an
+    evaluation needs; ``UsageError`` saying what is missing otherwise."""
+    if not run_dir.is_dir():
+        raise UsageError(f"--run: no such run directory: {run_dir}")
+    config = saved_config(run_dir)
+    if config is None:
+        raise UsageError(f"--run {run_dir}: holds no config.json; not a run directory of python -m dalle_fast.train")
+    missing = [s for s in STAGES if s not in checkpointed_stages(run_dir)]
+    if missing:
+        raise UsageError(f"--run {run_dir}: no checkpoint of stage {', '.join(missing)}; train "
+                         f"{'it' if len(missing) == 1 else 'them'} first (python -m dalle_fast.train --stage "
+                         f"{missing[0]} --out {run_dir} --resume)")
+    return config
+
+
+def load_models(config: Config, run_dir: Path, device: torch.device) -> Models:
+    """The tokenizer and the trained dVAE, transformer and CLIP of the run, frozen, on ``device``."""
+    tokenizer = load_tokenizer(config, run_dir)
+    vae, dalle, clip = (load(config, run_dir).to(device).requires_grad_(False)
+                        for load in (load_vae, load_dalle, load_clip))
+    return Models(tokenizer, vae, dalle, clip, device)
+
+
+def prompt_seed(seed: int, prompt: int) -> int:
+    """The sampling seed of prompt number ``prompt`` under the evaluation ``seed``."""
+    return int(np.random.SeedSequence([SEED_STREAM, seed, prompt]).generate_state(1)[0])
+
+
+@torch.no_grad()
+def generate(models: Models, captions: list[str], samples: int, options: EvalOptions, top_k: int, grid_size: int,
+             precision: contextlib.AbstractContextManager) -> Samples:
+    """``samples`` images for each caption, decoded by the dVAE from ``grid_size`` x
+    ``grid_size`` tokens and scored by CLIP (batches of ``options.batch_size``; prompt p draws
+    from the generator of :func:`prompt_seed`)."""
+    images, scores = [], []
+    for p, text in enumerate(tqdm(captions, desc="sampling", unit="prompt", dynamic_ncols=True)):
+        tokens = models.tokenizer.encode([text]).to(models.device)
+        generator = torch.Generator(models.device).manual_seed(prompt_seed(options.seed, p))
+        rows, row_scores = [], []
+        for start in range(0, samples, options.batch_size):
+            count = min(options.batch_size, samples - start)
+            with precision:
+                codes = sample_image_tokens(models.dalle, tokens.expand(count, -1), temperature=options.temperature,
+                                            top_k=top_k, generator=generator)
+                decoded = models.vae.decode(codes.view(count, grid_size, grid_size)).float().clamp(0, 1)
+                row_scores.append(clip_score(models.clip, tokens, decoded).float().cpu())
+            rows.append(decoded.cpu())
+        images.append(torch.cat(rows))
+        scores.append(torch.cat(row_scores))
+    return Samples(torch.stack(images), torch.stack(scores))
+
+
+@torch.no_grad()
+def transformer_losses(models: Models, data: EvalData, batch_size: int,
+                       precision: contextlib.AbstractContextManager) -> dict[str, float]:
+    """Mean text and image cross-entropies (nats) of the transformer over the eval split (each
+    item's first caption, its image tokens from the dVAE) and the image loss in bits per token."""
+    codes = encode_split(models.vae, data.dataset, batch_size, precision, 0, "eval image tokens")
+    totals = torch.zeros(2, dtype=torch.float64)
+    for start in range(0, len(codes), batch_size):
+        chunk = codes[start:start + batch_size].long().to(models.device)
+        text = models.tokenizer.encode([c[0] for c in data.captions[start:start + batch_size]]).to(models.device)
+        with precision:
+            output = models.dalle(text, chunk)
+        totals += torch.stack([output.text_loss.double().cpu(), output.image_loss.double().cpu()]) * len(chunk)
+    text_loss, image_loss = (totals / len(codes)).tolist()
+    return {"text_loss": text_loss, "image_loss": image_loss, "image_bits_per_token": image_loss / math.log(2)}
+
+
+def best_and_first(samples: Samples) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first sample of each prompt and its CLIP-best sample: two (P, 3, H, W) tensors."""
+    rows = torch.arange(len(samples.images))
+    return samples.images[:, 0], samples.images[rows, reranked(samples.scores, samples.scores.shape[1])]
+
+
+@torch.no_grad()
+def clip_features(clip: CLIP, images: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    """CLIP image embeddings (N, E) float32 on the CPU of ``images`` (N, 3, S, S)."""
+    return torch.cat([clip.encode_image(chunk.to(device)).float().cpu() for chunk in images.split(batch_size)])
+
+
+def fid_scores(real: torch.Tensor, first: torch.Tensor, best: torch.Tensor,
+               embed: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, float | None]:
+    """Fréchet distances of the ``first`` and CLIP-``best`` samples to the ``real`` images, on
+    the features ``embed(images)`` gives; None when there are fewer than 2 prompts."""
+    if len(real) < 2:
+        return {"first": None, "reranked": None}
+    features = embed(real)
+    return {"first": frechet_distance_of_features(embed(first), features),
+            "reranked": frechet_distance_of_features(embed(best), features)}
+
+
+def attribute_results(samples: Samples, prompts: Prompts, data: EvalData) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Shapes data: the ``attributes`` part of the report (per group of prompts, held-in and
+    held-out: the prompt count and the per-attribute accuracy of the first and the CLIP-best
+    sample) and the ``rerank_curve`` part (accuracy on all four attributes of the CLIP-best of the
+    first k samples, per group and over all prompts)."""
+    p, s = samples.scores.shape
+    wanted = [data.attributes[i] for i in prompts.indices for _ in range(s)]
+    hits = attribute_hits(samples.images.flatten(0, 1), wanted).view(p, s, len(ATTRIBUTE_FIELDS) + 1)
+    counts = rerank_counts(s)
+    best = reranked(samples.scores, s)
+    heldout = torch.tensor(prompts.heldout, dtype=torch.bool)
+    attributes: dict[str, Any] = {}
+    curve: dict[str, Any] = {"samples": counts}
+    for group, flag in {**GROUPS, ALL: None}.items():
+        chosen = torch.ones_like(heldout) if flag is None else heldout == flag
+        if not chosen.any():
+            part, line = {"prompts": 0, "first": None, "reranked": None}, None
+        else:
+            group_hits = hits[chosen]
+            part = {"prompts": int(chosen.sum()), "first": attribute_accuracy(group_hits[:, 0]),
+                    "reranked": attribute_accuracy(group_hits[torch.arange(len(group_hits)), best[chosen]])}
+            line = rerank_curve(group_hits[..., -1], samples.scores[chosen], counts)
+        if flag is not None:
+            attributes[group] = part
+        curve[group] = line
+    return attributes, curve
+
+
+def evaluate(run_dir: Path, options: EvalOptions) -> tuple[dict[str, Any], Samples, torch.Tensor]:
+    """Evaluate the run in ``run_dir``: the report (a dict of the keys :mod:`.report` documents),
+    the samples, and the real images of the prompts (P, 3, H, W). Problems the user can fix
+    raise ``UsageError``."""
+    started = time.perf_counter()
+    config = with_dataset(load_run_config(run_dir), options.data)
+    inception = load_inception(options.inception_weights) if options.inception_weights is not None else None
+    samples_per_prompt = options.samples_per_prompt or config.clip.candidates
+    top_k = options.top_k or max(1, round(TOP_K_FRACTION * config.image_vocab))
+    if top_k > config.image_vocab:
+        raise UsageError(f"--top-k: must be at most the codebook size {config.image_vocab}, got {top_k}")
+    data = eval_data(config, options.split, options.images)
+    prompts = choose_prompts(data, options.num_prompts, config.data.holdout)
+    device = pick_device()
+    precision = autocast(config.train.precision, device)
+    torch.manual_seed(options.seed)
+    models = load_models(config, run_dir, device)
+
+    vae_metrics = validate_vae(models.vae, data.dataset, data.attributes, options.batch_size, precision).metrics
+    losses = transformer_losses(models, data, options.batch_size, precision)
+    samples = generate(models, prompts.captions, samples_per_prompt, options, top_k, config.grid_size, precision)
+    real = torch.stack([data.dataset[i][0] for i in prompts.indices])
+    first, best = best_and_first(samples)
+    tokens = models.tokenizer.encode(prompts.captions).to(device)
+    with precision:
+        real_scores = clip_score(models.clip, tokens, real.to(device)).cpu()
+    fid_clip = fid_scores(real, first, best, partial(clip_features, models.clip, batch_size=options.batch_size,
+                                                     device=device))
+    fid_inception = {"first": None, "reranked": None}
+    if inception is not None:
+        fid_inception = fid_scores(real, first, best, partial(inception_features, inception.to(device),
+                                                              batch_size=options.batch_size))
+    attributes, curve = attribute_results(samples, prompts, data) if data.attributes is not None else (None, None)
+    report = {
+        "run": str(run_dir), "preset": config.name, "dataset": config.data.dataset, "split": options.split,
+        "data": data.description,
+        "settings": {"seed": options.seed, "num_prompts": len(prompts.indices),
+                     "samples_per_prompt": samples_per_prompt, "temperature": options.temperature, "top_k": top_k,
+                     "inception_weights": options.inception_weights, "device": device.type},
+        "vae": {"psnr": vae_metrics["psnr"], "codes_used": vae_metrics["codes_used"],
+                "perplexity": vae_metrics["perplexity"],
+                "attribute_agreement": vae_metrics.get("attribute_agreement")},
+        "transformer": losses,
+        "clip_score": {"first": float(samples.scores[:, 0].mean()),
+                       "reranked": float(samples.scores.amax(dim=1).mean()), "real": float(real_scores.mean())},
+        "fid": {"clip": fid_clip, "inception": fid_inception, "images": len(real)},
+        "attributes": attributes,
+        "rerank_curve": curve,
+        "prompts": [{"caption": c, "heldout": None if prompts.heldout is None else prompts.heldout[k]}
+                    for k, c in enumerate(prompts.captions)],
+        "seconds": time.perf_counter() - started,
+    }
+    return report, samples, real
