@@ -107,9 +107,11 @@ def test_matches_float64(device, n, d, v, reduction, bias):
 def test_ignore_index_inside_the_vocabulary(device, reduction):
     # ignore_index = 3 is a class index: rows with target 3 are ignored, like torch does.
     hidden, weight, bias, target = inputs(40, 6, 50, device, ignored=0.3, ignore_index=3)
-    loss, *_ = check(hidden, weight, bias, target, reduction=reduction, ignore_index=3)
+    loss, dhidden, _, _ = check(hidden, weight, bias, target, reduction=reduction, ignore_index=3)
+    ignored = target == 3
+    assert ignored.any() and torch.all(dhidden[ignored] == 0) and torch.all(dhidden[~ignored].abs().sum(1) > 0)
     if reduction == "none":
-        assert torch.all(loss[target == 3] == 0) and torch.all(loss[target != 3] > 0)
+        assert torch.all(loss[ignored] == 0) and torch.all(loss[~ignored] > 0)
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
