@@ -21,7 +21,8 @@ from tqdm import tqdm
 from .model import DALLE, check_ids
 
 
-def _check_sampling(temperature: float, top_k: int | None) -> None:
+def check_sampling(temperature: float, top_k: int | None) -> None:
+    """``ValueError`` naming the argument unless temperature >= 0 is finite and top_k is None or >= 1."""
     if isinstance(temperature, bool) or not isinstance(temperature, Real) or not math.isfinite(temperature) \
             or temperature < 0:
         raise ValueError(f"temperature: must be a finite number >= 0 (0 = greedy), got {temperature!r}")
@@ -67,7 +68,7 @@ def sample_image_tokens(model: DALLE, text: torch.Tensor, *, temperature: float 
     """
     if not isinstance(model, DALLE):
         raise TypeError(f"model: expected a DALLE, got {type(model).__name__}")
-    _check_sampling(temperature, top_k)
+    check_sampling(temperature, top_k)
     device = model.text_position.device
     text = check_ids("text", text, model.text_len, model.num_text_tokens).to(device)
     prime = _check_prime(model, text, prime)
