@@ -11,21 +11,20 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from stage_runs import one_thread  # noqa: F401 - a fixture: run on one thread
 
 from dalle_fast.checkpoint import Checkpoint, save_checkpoint
 from dalle_fast.clip import CLIP
 from dalle_fast.config import preset
 from dalle_fast.data import ShapesDataset, render
 from dalle_fast.dvae import DiscreteVAE
-from dalle_fast.evaluate import EvalOptions, evaluate, main
-from dalle_fast.evaluate import pipeline
+from dalle_fast.evaluate import EvalOptions, evaluate, main, pipeline
 from dalle_fast.evaluate.inception import FIDInception
 from dalle_fast.evaluate.report import FORMAT, KEYS, SECTION_KEYS
 from dalle_fast.model import DALLE
 from dalle_fast.tokenizer import CaptionTokenizer
 from dalle_fast.train.data import dataset_captions
 from dalle_fast.train.errors import UsageError
-from stage_runs import one_thread  # noqa: F401 - a fixture: run on one thread
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ACCURACY_KEYS = ["size", "color", "shape", "position", "all"]
@@ -147,7 +146,8 @@ def test_user_data(run: Path, data: Path, extra: list[str], images: int, capsys:
                  "--samples-per-prompt", "2"]) == 0
     report = json.loads((run / "eval" / "report.json").read_text())
     assert list(report) == list(KEYS) and report["dataset"] == str(data.resolve())
-    assert report["attributes"] is None and report["rerank_curve"] is None and report["vae"]["attribute_agreement"] is None
+    assert report["attributes"] is None and report["rerank_curve"] is None
+    assert report["vae"]["attribute_agreement"] is None
     assert report["plots"] == {"samples": "samples.png", "rerank_curve": None, "attribute_accuracy": None}
     assert report["settings"]["num_prompts"] == images and all(p["heldout"] is None for p in report["prompts"])
     assert (report["fid"]["clip"]["first"] is None) == (images < 2)
@@ -169,7 +169,8 @@ def usage_error(argv: list[str], capsys: pytest.CaptureFixture) -> str:
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 2
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("python -m dalle_fast.evaluate: error:")]
+    prefix = "python -m dalle_fast.evaluate: error:"
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith(prefix)]
     assert len(lines) == 1
     return lines[0]
 

@@ -7,4 +7,4 @@ from .cli import main
 from .pipeline import EvalOptions, evaluate
 from .report import write_report
 
-__all__ = ["main", "EvalOptions", "evaluate", "write_report"]
+__all__ = ["EvalOptions", "evaluate", "main", "write_report"]

@@ -82,8 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def summary(report: dict) -> str:
     """A few lines of the headline numbers of ``report``."""
     vae, tf, clip, fid = report["vae"], report["transformer"], report["clip_score"], report["fid"]
-    lines = [f"dVAE: PSNR {vae['psnr']:.2f} dB, codes used {100 * vae['codes_used']:.1f}%; transformer: "
-             f"{tf['image_bits_per_token']:.3f} bits per image token",
+    lines = [(f"dVAE: PSNR {vae['psnr']:.2f} dB, codes used {100 * vae['codes_used']:.1f}%; transformer: "
+              f"{tf['image_bits_per_token']:.3f} bits per image token"),
              f"CLIP score: first {clip['first']:.3f}, reranked {clip['reranked']:.3f}, real {clip['real']:.3f}"]
     if fid["clip"]["reranked"] is not None:
         lines.append(f"FID on CLIP features ({fid['images']} images): first {fid['clip']['first']:.4f}, "

@@ -120,20 +120,20 @@ def markdown(report: dict[str, Any]) -> str:
     s, vae, tf, clip, fid = (report[k] for k in ("settings", "vae", "transformer", "clip_score", "fid"))
     lines = [
         f"# Evaluation of `{report['run']}` ({report['preset']} preset)", "",
-        f"Data: {report['data']}. {s['num_prompts']} prompts x {s['samples_per_prompt']} samples (temperature "
-        f"{s['temperature']}, top-k {s['top_k']}, seed {s['seed']}, {s['device']}); {report['seconds']:.1f} s.", "",
+        (f"Data: {report['data']}. {s['num_prompts']} prompts x {s['samples_per_prompt']} samples (temperature "
+         f"{s['temperature']}, top-k {s['top_k']}, seed {s['seed']}, {s['device']}); {report['seconds']:.1f} s."), "",
         "| model | metric | value |", "|---|---|---|",
         f"| dVAE | PSNR (dB) | {_number(vae['psnr'], 2)} |",
         f"| dVAE | codebook used | {_share(vae['codes_used'])} (perplexity {_number(vae['perplexity'], 1)}) |",
         f"| dVAE | attribute agreement | {_share(vae['attribute_agreement'])} |",
         f"| transformer | image loss (bits/token) | {_number(tf['image_bits_per_token'])} |",
         f"| transformer | text loss (nats) | {_number(tf['text_loss'])} |",
-        f"| CLIP score | first sample / reranked / real | {_number(clip['first'])} / {_number(clip['reranked'])} / "
-        f"{_number(clip['real'])} |",
-        f"| FID, CLIP features ({fid['images']} images) | first / reranked | {_number(fid['clip']['first'], 4)} / "
-        f"{_number(fid['clip']['reranked'], 4)} |",
-        f"| FID, Inception ({fid['images']} images) | first / reranked | {_number(fid['inception']['first'], 2)} / "
-        f"{_number(fid['inception']['reranked'], 2)} |", "",
+        (f"| CLIP score | first sample / reranked / real | {_number(clip['first'])} / {_number(clip['reranked'])} / "
+         f"{_number(clip['real'])} |"),
+        (f"| FID, CLIP features ({fid['images']} images) | first / reranked | {_number(fid['clip']['first'], 4)} / "
+         f"{_number(fid['clip']['reranked'], 4)} |"),
+        (f"| FID, Inception ({fid['images']} images) | first / reranked | {_number(fid['inception']['first'], 2)} / "
+         f"{_number(fid['inception']['reranked'], 2)} |"), "",
     ]
     if report["attributes"] is not None:
         lines += ["## Attribute accuracy (shapes reader)", "",
