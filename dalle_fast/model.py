@@ -196,10 +196,15 @@ class DALLE(nn.Module):
     def logits(self, text: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Text logits (B, T-1, num_text_tokens) predicting text_1..text_{T-1} and image logits
         (B, N, image_vocab) predicting image_0..image_{N-1}, of text (B, T) and image (B, N) ids."""
-        text, image = self._check_inputs(text, image)
-        hidden = self._hidden(text, image)
-        t = self.text_len
-        return F.linear(hidden[:, :t - 1], *self._text_head()), F.linear(hidden[:, t - 1:-1], *self._image_head())
+        hidden = self._hidden(*self._check_inputs(text, image))
+        return F.linear(hidden[:, :self.text_len - 1], *self._text_head()), self._image_logits(hidden)
+
+    def image_logits(self, text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """The image half of :meth:`logits` alone: (B, N, image_vocab)."""
+        return self._image_logits(self._hidden(*self._check_inputs(text, image)))
+
+    def _image_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return F.linear(hidden[:, self.text_len - 1:-1], *self._image_head())
 
     def new_cache(self, batch: int) -> torch.Tensor:
         """An empty key/value cache for ``batch`` sequences: (layers, 2, B, H, S, Dh) zeros on the

@@ -93,7 +93,7 @@ def _sample(model: DALLE, text: torch.Tensor, prime: torch.Tensor, temperature: 
         logits = model.prefill(text, prime, cache)
     for index in tqdm(steps, desc="sampling image tokens", unit="token", disable=not progress):
         if not use_cache:
-            logits = model.logits(text, image)[1][:, index]
+            logits = model.image_logits(text, image)[:, index]
         image[:, index] = pick(logits, temperature, top_k, generator)
         if use_cache and index + 1 < model.image_seq_len:
             logits = model.decode(image[:, index], index, cache)

@@ -210,3 +210,11 @@ def test_residual_projections_start_smaller():
     for linear in (block.proj, block.mlp[2]):
         assert abs(linear.weight.std().item() - 0.02 / 4) < 0.0005
     assert block.qkv.bias.abs().max() == 0 and model.head_bias.abs().max() == 0
+
+
+def test_image_logits_are_the_image_half_of_logits():
+    model = with_random_biases(DALLE(tiny(layers=2)))
+    text, image = random_tokens(model, 2)
+    torch.testing.assert_close(model.image_logits(text, image), model.logits(text, image)[1])
+    with pytest.raises(ValueError, match="image: ids must lie in"):
+        model.image_logits(text, image + 64)
