@@ -4,7 +4,7 @@ resume after a crash, the token cache reused and rebuilt, the per-sample caption
 data, and the error of a run without a trained dVAE.
 
 Runs are the tiny preset shortened to a few steps and a small train split, on the CPU,
-in-process through ``dalle_fast.train.main`` with the run's saved config (``--resume``).
+in-process through ``dalle_fast.train.main`` on the config saved in the run directory.
 """
 from __future__ import annotations
 
@@ -70,11 +70,37 @@ def run_stages(config: Config, run_dir: Path, stages: tuple[str, ...]) -> str:
 
 @pytest.fixture(scope="module")
 def dalle_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """Stages tokenizer, vae and dalle of :func:`small_config` in one run directory, and what
-    the dalle stage printed."""
+    """Stages tokenizer, vae and dalle, one command each, in a run directory holding the
+    config of :func:`small_config` but 300 vae and dalle steps, cut short by ``--steps``; and
+    what the dalle stage printed."""
     run_dir = tmp_path_factory.mktemp("train") / "tiny"
-    run_stages(small_config(), run_dir, ("tokenizer", "vae"))
-    return run_dir, run_main(["--stage", "dalle", "--resume", "--out", str(run_dir)])
+    config = small_config()
+    dataclasses.replace(config, vae=preset("tiny").vae, transformer=preset("tiny").transformer).save(run_dir)
+    run_main(["--stage", "tokenizer", "--out", str(run_dir)])
+    run_main(["--stage", "vae", "--steps", "2", "--out", str(run_dir)])
+    printed = run_main(["--stage", "dalle", "--steps", str(STEPS), "--out", str(run_dir)])
+    saved = Config.load(run_dir)
+    assert saved.transformer == dataclasses.replace(preset("tiny").transformer, optim=dataclasses.replace(
+        preset("tiny").transformer.optim, steps=STEPS))
+    assert saved.vae.optim.steps == 2 and saved.data == config.data
+    return run_dir, printed
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--stage", "dalle", "--steps", "5"], "already holds a run with checkpoints (dalle); pass --resume"),
+    (["--stage", "dalle", "--steps", "5", "--resume"], "transformer.optim.steps: saved 4, given 5"),
+    (["--stage", "dalle", "--preset", "tiny", "--resume"], "data.train_size: saved 64, given 4096"),
+    (["--stage", "clip", "--data", str(FIXTURES / "folder")], "data.dataset: saved 'shapes'"),
+])
+def test_a_run_with_checkpoints_keeps_its_config(dalle_run: tuple[Path, str], capsys, argv: list[str],
+                                                 message: str) -> None:
+    run_dir, _ = dalle_run
+    before = sorted(p.name for p in run_dir.iterdir())
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--out", str(run_dir)])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert sorted(p.name for p in run_dir.iterdir()) == before
 
 
 def test_dalle_stage_writes_metrics_checkpoints_and_the_token_cache(dalle_run: tuple[Path, str]) -> None:

@@ -4,10 +4,13 @@
         [--data shapes | --data DIR | --data captions.json --images DIR]
         [--out runs/<preset>] [--resume] [--steps N]
 
-``--stage all`` runs every stage in order. ``--steps N``
-sets the optimizer steps of every stage the command runs that has them (``vae``, ``dalle``,
-``clip``: ``vae.optim.steps``, ``transformer.optim.steps``, ``clip.optim.steps``), saved in
-config.json; the tokenizer stage has none.
+``--stage all`` runs every stage in order; one stage at a time works too, in the same ``--out``
+(``--stage tokenizer --preset tiny``, then ``--stage vae``, ...): without ``--preset`` a command
+uses the config saved there. ``--steps N`` sets the optimizer steps of every stage the command
+runs that has them (``vae``, ``dalle``, ``clip``: ``vae.optim.steps``,
+``transformer.optim.steps``, ``clip.optim.steps``), saved in config.json; the tokenizer stage
+has none. Other settings of a run directory with checkpoints, and the steps of a stage that has
+started, change only in a new ``--out``.
 
 Under ``torchrun --nproc_per_node N`` the same command trains with N processes
 (:func:`.device.process_group`, DDP in :mod:`.loop`): the tokenizer stage runs on rank 0 alone,
@@ -55,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stage", choices=("all", *STAGES), default="all",
                         help="stage to train; 'all' runs every stage in order (default: all)")
     parser.add_argument("--preset", choices=sorted(PRESETS),
-                        help=f"configuration preset (default: {DEFAULT_PRESET}; with --resume, the saved config)")
+                        help=f"configuration preset (default: the config saved in --out, else {DEFAULT_PRESET})")
     parser.add_argument("--data", help="'shapes' (the built-in data, default), a folder of images with "
                                        "same-stem .txt captions, or a COCO-style captions .json (with --images)")
     parser.add_argument("--images", help="folder of the images a captions .json names")
@@ -75,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = args.out if args.out is not None else Path("runs", args.preset or DEFAULT_PRESET)
     try:
-        config = resolve_config(args, saved_config(out) if args.resume else None)
+        config = resolve_config(args, saved_config(out) if args.preset is None else None)
         train(config, out, args.stage, args.resume, args.images)
     except UsageError as e:
         parser.error(str(e))
@@ -83,8 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def resolve_config(args: argparse.Namespace, saved: Config | None) -> Config:
-    """The run's config: ``saved`` when resuming without --preset, else the preset; then the
-    --steps (for the sections of the stages run) and --data overrides."""
+    """The run's config: ``saved`` (the config of the run directory, if any) without --preset,
+    else the preset; then the --steps (for the sections of the stages run) and --data overrides."""
     config = saved if saved is not None and args.preset is None else preset(args.preset or DEFAULT_PRESET)
     if args.steps is not None:
         sections = [STEPS_SECTION[s] for s in (STAGES if args.stage == "all" else (args.stage,)) if s in STEPS_SECTION]
@@ -107,7 +110,8 @@ def train(config: Config, out: Path, stage: str = "all", resume: bool = False, i
     process group of all its processes (see the module doc)."""
     stages = STAGES if stage == "all" else (stage,)
     with process_group():
-        check_run_dir(out, config, resume, stages)
+        unstarted = [s for s in stages if s in STEPS_SECTION and s not in checkpointed_stages(out)]
+        check_run_dir(out, config, resume, stages, [f"{STEPS_SECTION[s]}.optim.steps" for s in unstarted])
         if TOKENIZER_STAGE not in stages and any(s in NEEDS_TOKENIZER for s in stages):
             load_tokenizer(config, out)  # missing or mismatched: fail before writing anything
         needs_vae = VAE_STAGE not in stages and any(s in NEEDS_VAE for s in stages)

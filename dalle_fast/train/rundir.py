@@ -2,7 +2,7 @@
 resumed run continues only with the configuration it was started with."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,29 +21,31 @@ def saved_config(run_dir: Path) -> Config | None:
         raise UsageError(f"--out {run_dir}: cannot read its {CONFIG_FILE}: {e}") from None
 
 
-def check_run_dir(run_dir: Path, config: Config, resume: bool, stages: Sequence[str] | None = None) -> None:
+def check_run_dir(run_dir: Path, config: Config, resume: bool, stages: Sequence[str] | None = None,
+                  free: Collection[str] = ()) -> None:
     """Raise ``UsageError`` unless ``config`` may run ``stages`` (None: any stage) in
     ``run_dir``: without ``resume``, none of them may have a checkpoint there; with it, or when
     other stages have checkpoints there (which a later stage builds on), ``config`` must equal
-    the saved config (if any)."""
+    the saved config (if any), except for the settings named in ``free`` (key paths such as
+    ``transformer.optim.steps``: those of stages not started yet)."""
     existing = checkpointed_stages(run_dir)
     ours = [s for s in existing if stages is None or s in stages]
     if ours and not resume:
         raise UsageError(f"--out {run_dir} already holds a run with checkpoints ({', '.join(ours)}); "
                          "pass --resume to continue it, or choose another --out")
     saved = saved_config(run_dir) if resume or existing else None
-    if saved is not None and saved != config:
-        differences = "; ".join(config_differences(saved, config))
+    differences = "; ".join(config_differences(saved, config, free)) if saved is not None else ""
+    if differences:
         raise UsageError(f"--out {run_dir}: the run there was started with another config ({differences}); "
                          "continue it without --preset/--steps/--data to use its saved config, "
                          "or choose another --out")
 
 
-def config_differences(saved: Config, given: Config) -> list[str]:
-    """``"key.path: saved X, given Y"`` for every setting that differs."""
+def config_differences(saved: Config, given: Config, ignore: Collection[str] = ()) -> list[str]:
+    """``"key.path: saved X, given Y"`` for every setting that differs, but those in ``ignore``."""
     old, new = _flatten(saved.to_dict()), _flatten(given.to_dict())
     return [f"{key}: saved {old.get(key)!r}, given {new.get(key)!r}"
-            for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)]
+            for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key) and key not in ignore]
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
