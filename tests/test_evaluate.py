@@ -136,13 +136,15 @@ def test_attribute_accuracy_and_reranking_with_ground_truth_samples(run: Path,
     assert report["fid"]["clip"]["first"] > 1e-5  # blank samples: no spread, another mean
 
 
-@pytest.mark.parametrize("data, extra, images", [
-    (FIXTURES / "folder", [], 3),
-    (FIXTURES / "coco" / "captions.json", ["--images", str(FIXTURES / "coco" / "images")], 2),
-    (FIXTURES / "cub", [], 1),  # the official test split: one usable image
+@pytest.mark.parametrize("data, extra, split, images", [
+    (FIXTURES / "folder", [], "test", 3),  # every usable image
+    (FIXTURES / "folder", [], "val", 1),  # the share training held out: max(1, 10% of 3)
+    (FIXTURES / "coco" / "captions.json", ["--images", str(FIXTURES / "coco" / "images")], "test", 2),
+    (FIXTURES / "cub", [], "test", 1),  # the official test split: one usable image
 ])
-def test_user_data(run: Path, data: Path, extra: list[str], images: int, capsys: pytest.CaptureFixture) -> None:
-    assert main(["--run", str(run), "--data", str(data), *extra, "--split", "test", "--num-prompts", "8",
+def test_user_data(run: Path, data: Path, extra: list[str], split: str, images: int,
+                   capsys: pytest.CaptureFixture) -> None:
+    assert main(["--run", str(run), "--data", str(data), *extra, "--split", split, "--num-prompts", "8",
                  "--samples-per-prompt", "2"]) == 0
     report = json.loads((run / "eval" / "report.json").read_text())
     assert list(report) == list(KEYS) and report["dataset"] == str(data.resolve())
