@@ -46,7 +46,8 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def pipeline(run_dir: Path) -> TextToImage:
-    return TextToImage.from_run(run_dir, "cpu")
+    """The run on the device the command picks too (the GPU if there is one), so their samples agree."""
+    return TextToImage.from_run(run_dir)
 
 
 @pytest.fixture
@@ -116,7 +117,7 @@ def test_priming_keeps_the_top_token_rows(pipeline, monkeypatch):
     monkeypatch.setattr(text_to_image, "sample_image_tokens", recording)
     image = torch.rand(3, 32, 32)  # noise: every token row differs
     pipeline.sample(PROMPT, 5, prime_image=image, prime_rows=2, batch_size=3)
-    kept = pipeline.vae.encode(image[None])[:, :2].reshape(1, -1)
+    kept = pipeline.vae.encode(image[None].to(pipeline.device))[:, :2].reshape(1, -1)
     tokens = torch.cat(drawn)
     assert tokens.shape == (5, 16)
     assert torch.equal(tokens[:, :8], kept.expand(5, -1))

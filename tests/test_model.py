@@ -149,11 +149,11 @@ def test_attention_equals_dense_masked_attention(monkeypatch, device):
     torch.testing.assert_close(image_logits, expected_image, rtol=1e-4, atol=1e-5)
 
 
-def test_triton_kernels_match_the_reference(monkeypatch):
+def test_triton_kernels_match_the_reference(monkeypatch, device):
     """The same model through the Triton kernels (interpreted on a CPU) and the PyTorch reference,
     forward and backward."""
-    model = with_random_biases(DALLE(tiny(layers=4)))
-    text, image = random_tokens(model, 2)
+    model = with_random_biases(DALLE(tiny(layers=4))).to(device)
+    text, image = random_tokens(model, 2, device)
     results = []
     for backend in ("reference", "triton"):
         monkeypatch.setenv("DALLE_KERNELS_BACKEND", backend)
