@@ -150,3 +150,12 @@ def test_sampling_under_autocast_keeps_a_bf16_cache():
         tokens = sample_image_tokens(model, text, top_k=5, generator=torch.Generator().manual_seed(0))
     assert tokens.shape == (2, 16) and tokens.dtype == torch.long
     assert model.new_cache(2).dtype == torch.float32
+
+
+def test_cache_layout_and_prefix_only_multi_token_feeds():
+    model = model_of()
+    cache = model.new_cache(3)
+    assert cache.shape == (4, 2, 3, 2, 32, 16) and cache.dtype == torch.float32
+    x = torch.randn(3, 2, model.config.transformer.d_model)
+    with pytest.raises(ValueError, match="start"):
+        model.blocks[0].cached(x, model.layer_masks[0], cache[0], 3)
