@@ -10,6 +10,7 @@ do nothing.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 from collections.abc import Iterator
 from typing import NamedTuple
@@ -18,6 +19,11 @@ import torch
 import torch.distributed as dist
 
 from .errors import UsageError
+
+# How long a process waits for the others at a collective: long enough for what rank 0 does
+# alone (building the token cache of a large train split, an evaluation). torchrun stops every
+# process when one fails, so a dead peer does not leave the rest waiting this long.
+COLLECTIVE_TIMEOUT = datetime.timedelta(hours=2)
 
 
 class World(NamedTuple):
@@ -52,7 +58,7 @@ def process_group() -> Iterator[World]:
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group("nccl" if cuda else "gloo")
+    dist.init_process_group("nccl" if cuda else "gloo", timeout=COLLECTIVE_TIMEOUT)
     try:
         yield world()
     finally:
