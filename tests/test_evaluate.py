@@ -116,7 +116,7 @@ def test_attribute_accuracy_and_reranking_with_ground_truth_samples(run: Path,
     test = ShapesDataset("test", 32, size=24)
     truth = {test.captions(i)[0]: test.attributes(i) for i in range(len(test))}
 
-    def fake_generate(models, captions, samples, options, top_k, grid_size, precision):
+    def fake_generate(run, captions, samples, options, top_k):
         assert samples == 3
         images = torch.ones(len(captions), samples, 3, 32, 32)
         images[:, 1] = torch.stack([render(truth[c], 32) for c in captions])
@@ -181,14 +181,15 @@ def test_errors_exit_with_status_2(run: Path, tmp_path: Path, capsys: pytest.Cap
     assert "no such run directory" in usage_error(["--run", str(tmp_path / "nowhere")], capsys)
     (tmp_path / "empty").mkdir()
     assert "holds no config.json" in usage_error(["--run", str(tmp_path / "empty")], capsys)
-    partial = make_run(tmp_path / "partial", stages=("vae",))
-    line = usage_error(["--run", str(partial)], capsys)
-    assert "no checkpoint of stage dalle, clip" in line and "--stage dalle" in line
+    line = usage_error(["--run", str(make_run(tmp_path / "vae_only", stages=("vae",)))], capsys)
+    assert "holds no dalle checkpoint" in line and "--stage dalle" in line
+    line = usage_error(["--run", str(make_run(tmp_path / "no_clip", stages=("vae", "dalle")))], capsys)
+    assert "no checkpoint of stage clip" in line and "--stage clip" in line
     assert "--inception-weights: no such file" in usage_error(
         ["--run", str(run), "--inception-weights", str(tmp_path / "missing.pth")], capsys)
     assert "--images: only used with" in usage_error(["--run", str(run), "--images", str(tmp_path)], capsys)
     assert "--data: no such file or folder" in usage_error(["--run", str(run), "--data", str(tmp_path / "x")], capsys)
     assert "--top-k: must be at most the codebook size 64" in usage_error(["--run", str(run), "--top-k", "65"], capsys)
     assert "--num-prompts: must be a positive integer" in usage_error(["--run", str(run), "--num-prompts", "0"], capsys)
-    with pytest.raises(UsageError, match="no checkpoint of stage vae, dalle, clip; train them first"):
-        pipeline.load_run_config(make_run(tmp_path / "bare", stages=()))
+    with pytest.raises(UsageError, match="holds no vae checkpoint"):
+        pipeline.load_run(make_run(tmp_path / "bare", stages=()))

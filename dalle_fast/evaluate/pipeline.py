@@ -22,21 +22,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..checkpoint import checkpointed_stages
 from ..clip import CLIP
-from ..config import Config
-from ..dvae import DiscreteVAE
-from ..model import DALLE
-from ..sampling import sample_image_tokens
-from ..tokenizer import CaptionTokenizer
-from ..train.clip import load_clip
-from ..train.dalle import TOP_K_FRACTION, load_dalle
-from ..train.device import autocast, pick_device
+from ..generate import TextToImage
+from ..train.dalle import TOP_K_FRACTION
+from ..train.device import autocast
 from ..train.errors import UsageError
-from ..train.rundir import saved_config
-from ..train.tokenizer import load_tokenizer
 from ..train.tokens import encode_split
-from ..train.vae import load_vae
 from ..train.vae_eval import validate_vae
 from .data import EvalData, Prompts, choose_prompts, eval_data, with_dataset
 from .inception import inception_features, load_inception
@@ -52,7 +43,6 @@ from .metrics import (
     reranked,
 )
 
-STAGES = ("vae", "dalle", "clip")  # the checkpoints an evaluation needs (and the tokenizer)
 GROUPS = {"held_in": False, "held_out": True}  # report group -> heldout flag of its prompts
 SEED_STREAM = 0xE7A1  # tells the evaluation's sampling seeds apart from other streams of a seed
 
@@ -75,16 +65,6 @@ class EvalOptions:
     inception_weights: str | None = None
 
 
-class Models(NamedTuple):
-    """A run's trained stages, in eval mode on ``device``."""
-
-    tokenizer: CaptionTokenizer
-    vae: DiscreteVAE
-    dalle: DALLE
-    clip: CLIP
-    device: torch.device
-
-
 class Samples(NamedTuple):
     """``images`` (P, S, 3, H, W) in [0, 1] on the CPU, S per prompt; ``scores`` (P, S) their CLIP
     scores against their prompt."""
@@ -93,28 +73,14 @@ class Samples(NamedTuple):
     scores: torch.Tensor
 
 
-def load_run_config(run_dir: Path) -> Config:
-    """The saved config of the run in ``run_dir``, after checking the run has every stage an
-    evaluation needs; ``UsageError`` saying what is missing otherwise."""
-    if not run_dir.is_dir():
-        raise UsageError(f"--run: no such run directory: {run_dir}")
-    config = saved_config(run_dir)
-    if config is None:
-        raise UsageError(f"--run {run_dir}: holds no config.json; not a run directory of python -m dalle_fast.train")
-    missing = [s for s in STAGES if s not in checkpointed_stages(run_dir)]
-    if missing:
-        raise UsageError(f"--run {run_dir}: no checkpoint of stage {', '.join(missing)}; train "
-                         f"{'it' if len(missing) == 1 else 'them'} first (python -m dalle_fast.train --stage "
-                         f"{missing[0]} --out {run_dir} --resume)")
-    return config
-
-
-def load_models(config: Config, run_dir: Path, device: torch.device) -> Models:
-    """The tokenizer and the trained dVAE, transformer and CLIP of the run, frozen, on ``device``."""
-    tokenizer = load_tokenizer(config, run_dir)
-    vae, dalle, clip = (load(config, run_dir).to(device).requires_grad_(False)
-                        for load in (load_vae, load_dalle, load_clip))
-    return Models(tokenizer, vae, dalle, clip, device)
+def load_run(run_dir: Path) -> TextToImage:
+    """The trained stages of the run in ``run_dir`` (:class:`~dalle_fast.generate.TextToImage`, on
+    the GPU if there is one); ``UsageError`` saying what to train when a stage is missing."""
+    pipeline = TextToImage.from_run(run_dir)
+    if pipeline.clip is None:
+        raise UsageError(f"--run {run_dir}: no checkpoint of stage clip, which scores and reranks the samples; "
+                         f"train it first (python -m dalle_fast.train --stage clip --out {run_dir})")
+    return pipeline
 
 
 def prompt_seed(seed: int, prompt: int) -> int:
@@ -122,42 +88,31 @@ def prompt_seed(seed: int, prompt: int) -> int:
     return int(np.random.SeedSequence([SEED_STREAM, seed, prompt]).generate_state(1)[0])
 
 
-@torch.no_grad()
-def generate(models: Models, captions: list[str], samples: int, options: EvalOptions, top_k: int, grid_size: int,
-             precision: contextlib.AbstractContextManager) -> Samples:
-    """``samples`` images for each caption, decoded by the dVAE from ``grid_size`` x
-    ``grid_size`` tokens and scored by CLIP (batches of ``options.batch_size``; prompt p draws
-    from the generator of :func:`prompt_seed`)."""
+def generate(pipeline: TextToImage, captions: list[str], samples: int, options: EvalOptions,
+             top_k: int) -> Samples:
+    """``samples`` images for each caption and their CLIP scores (batches of
+    ``options.batch_size``; prompt p draws from the seed :func:`prompt_seed` gives it)."""
     images, scores = [], []
     for p, text in enumerate(tqdm(captions, desc="sampling", unit="prompt", dynamic_ncols=True)):
-        tokens = models.tokenizer.encode([text]).to(models.device)
-        generator = torch.Generator(models.device).manual_seed(prompt_seed(options.seed, p))
-        rows, row_scores = [], []
-        for start in range(0, samples, options.batch_size):
-            count = min(options.batch_size, samples - start)
-            with precision:
-                codes = sample_image_tokens(models.dalle, tokens.expand(count, -1), temperature=options.temperature,
-                                            top_k=top_k, generator=generator)
-                decoded = models.vae.decode(codes.view(count, grid_size, grid_size)).float().clamp(0, 1)
-                row_scores.append(clip_score(models.clip, tokens, decoded).float().cpu())
-            rows.append(decoded.cpu())
-        images.append(torch.cat(rows))
-        scores.append(torch.cat(row_scores))
+        drawn = pipeline.sample(text, samples, temperature=options.temperature, top_k=top_k,
+                                seed=prompt_seed(options.seed, p), batch_size=options.batch_size).clamp(0, 1)
+        images.append(drawn)
+        scores.append(pipeline.score(text, drawn))
     return Samples(torch.stack(images), torch.stack(scores))
 
 
 @torch.no_grad()
-def transformer_losses(models: Models, data: EvalData, batch_size: int,
+def transformer_losses(pipeline: TextToImage, data: EvalData, batch_size: int,
                        precision: contextlib.AbstractContextManager) -> dict[str, float]:
     """Mean text and image cross-entropies (nats) of the transformer over the eval split (each
     item's first caption, its image tokens from the dVAE) and the image loss in bits per token."""
-    codes = encode_split(models.vae, data.dataset, batch_size, precision, 0, "eval image tokens")
+    codes = encode_split(pipeline.vae, data.dataset, batch_size, precision, 0, "eval image tokens")
     totals = torch.zeros(2, dtype=torch.float64)
     for start in range(0, len(codes), batch_size):
-        chunk = codes[start:start + batch_size].long().to(models.device)
-        text = models.tokenizer.encode([c[0] for c in data.captions[start:start + batch_size]]).to(models.device)
+        chunk = codes[start:start + batch_size].long().to(pipeline.device)
+        text = pipeline.tokenizer.encode([c[0] for c in data.captions[start:start + batch_size]]).to(pipeline.device)
         with precision:
-            output = models.dalle(text, chunk)
+            output = pipeline.dalle(text, chunk)
         totals += torch.stack([output.text_loss.double().cpu(), output.image_loss.double().cpu()]) * len(chunk)
     text_loss, image_loss = (totals / len(codes)).tolist()
     return {"text_loss": text_loss, "image_loss": image_loss, "image_bits_per_token": image_loss / math.log(2)}
@@ -219,28 +174,25 @@ def evaluate(run_dir: Path, options: EvalOptions) -> tuple[dict[str, Any], Sampl
     the samples, and the real images of the prompts (P, 3, H, W). Problems the user can fix
     raise ``UsageError``."""
     started = time.perf_counter()
-    config = with_dataset(load_run_config(run_dir), options.data)
     inception = load_inception(options.inception_weights) if options.inception_weights is not None else None
+    pipeline = load_run(run_dir)
+    config, device = with_dataset(pipeline.config, options.data), pipeline.device
     samples_per_prompt = options.samples_per_prompt or config.clip.candidates
     top_k = options.top_k or max(1, round(TOP_K_FRACTION * config.image_vocab))
     if top_k > config.image_vocab:
         raise UsageError(f"--top-k: must be at most the codebook size {config.image_vocab}, got {top_k}")
     data = eval_data(config, options.split, options.images)
     prompts = choose_prompts(data, options.num_prompts, config.data.holdout)
-    device = pick_device()
     precision = autocast(config.train.precision, device)
-    torch.manual_seed(options.seed)
-    models = load_models(config, run_dir, device)
-
-    vae_metrics = validate_vae(models.vae, data.dataset, data.attributes, options.batch_size, precision).metrics
-    losses = transformer_losses(models, data, options.batch_size, precision)
-    samples = generate(models, prompts.captions, samples_per_prompt, options, top_k, config.grid_size, precision)
+    vae_metrics = validate_vae(pipeline.vae, data.dataset, data.attributes, options.batch_size, precision).metrics
+    losses = transformer_losses(pipeline, data, options.batch_size, precision)
+    samples = generate(pipeline, prompts.captions, samples_per_prompt, options, top_k)
     real = torch.stack([data.dataset[i][0] for i in prompts.indices])
     first, best = best_and_first(samples)
-    tokens = models.tokenizer.encode(prompts.captions).to(device)
+    tokens = pipeline.tokenizer.encode(prompts.captions).to(device)
     with precision:
-        real_scores = clip_score(models.clip, tokens, real.to(device)).cpu()
-    fid_clip = fid_scores(real, first, best, partial(clip_features, models.clip, batch_size=options.batch_size,
+        real_scores = clip_score(pipeline.clip, tokens, real.to(device)).cpu()
+    fid_clip = fid_scores(real, first, best, partial(clip_features, pipeline.clip, batch_size=options.batch_size,
                                                      device=device))
     fid_inception = {"first": None, "reranked": None}
     if inception is not None:
