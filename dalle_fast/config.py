@@ -164,7 +164,8 @@ class VAEConfig(_Section):
     wide. The decoder's first 1x1 conv maps a code to ``codebook_dim`` channels: its weight is the
     ``(codebook_size, codebook_dim)`` codebook. The Gumbel-softmax temperature follows a cosine
     from ``tau_start`` to ``tau_end`` over the first ``tau_anneal_fraction`` of training, the KL
-    weight a cosine from 0 to ``kl_weight`` (the paper's beta) over ``kl_warmup_fraction``.
+    weight a cosine from 0 to ``kl_weight`` (the paper's beta, weighting the KL summed over the
+    latents against the likelihood summed over the pixels) over ``kl_warmup_fraction``.
     """
 
     image_size: int
@@ -402,7 +403,7 @@ def _tiny() -> Config:
     return Config(
         name="tiny",
         vae=VAEConfig(image_size=32, grid_size=4, codebook_size=64, hidden=16, blocks_per_group=1,
-                      codebook_dim=32, kl_weight=1.0, kl_warmup_fraction=0.1, tau_anneal_fraction=0.5,
+                      codebook_dim=32, kl_warmup_fraction=0.1, tau_anneal_fraction=0.5,
                       optim=OptimConfig(steps=300, batch_size=32, lr=2e-3, lr_min=1e-4, weight_decay=1e-4)),
         transformer=TransformerConfig(layers=2, heads=2, head_dim=16, text_len=16, text_vocab=512,
                                       conv_kernel=3, optim=OptimConfig(steps=300, batch_size=32, lr=1e-3,
@@ -418,7 +419,7 @@ def _demo() -> Config:
     return Config(
         name="demo",
         vae=VAEConfig(image_size=64, grid_size=8, codebook_size=512, hidden=32, blocks_per_group=1,
-                      codebook_dim=64, kl_weight=1.0, kl_warmup_fraction=0.05, tau_anneal_fraction=0.5,
+                      codebook_dim=64, kl_warmup_fraction=0.05, tau_anneal_fraction=0.5,
                       optim=OptimConfig(steps=2_000, batch_size=32, lr=1e-3, lr_min=2e-5, weight_decay=1e-4)),
         transformer=TransformerConfig(layers=4, heads=4, head_dim=32, text_len=32, text_vocab=1_024,
                                       conv_kernel=3, optim=OptimConfig(steps=2_000, batch_size=32, lr=5e-4,

@@ -22,7 +22,9 @@ from .dvae_nets import IMAGE_CHANNELS, Decoder, Encoder
 class VAEOutput(NamedTuple):
     """What :meth:`DiscreteVAE.forward` returns.
 
-    loss: scalar, ``recon_loss + kl_weight * kl``. recon_loss: scalar, the logit-Laplace negative
+    loss: scalar, the negative ELBO with its KL weighted by ``kl_weight`` (the paper's beta), per
+    pixel-channel: ``recon_loss + kl_weight * latents_per_pixel * kl`` (see
+    :attr:`DiscreteVAE.latents_per_pixel`). recon_loss: scalar, the logit-Laplace negative
     log-likelihood of the mapped pixels, mean per pixel-channel, in nats. kl: scalar, KL of the
     encoder's softmax to the uniform prior, mean per latent position, in nats. logits:
     (B, K, g, g). reconstruction: (B, 3, H, W) in [0, 1], the decoded image.
@@ -56,6 +58,14 @@ class DiscreteVAE(nn.Module):
         (``weight[:, :, 0, 0].t()``); writing to either changes both."""
         return self.decoder.codebook
 
+    @property
+    def latents_per_pixel(self) -> float:
+        """Latent positions per pixel-channel, ``g**2 / (3 H W)``: the factor that puts the mean KL
+        per latent on the scale of the mean likelihood per pixel-channel, so that ``kl_weight`` is
+        the beta of the ELBO summed over the whole image, as in the paper (beta = 6.6)."""
+        vae = self.config.vae
+        return vae.grid_size**2 / (IMAGE_CHANNELS * vae.image_size**2)
+
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """images (B, 3, H, W) in [0, 1] -> encoder logits (B, K, g, g)."""
         self._check_images(images)
@@ -79,7 +89,8 @@ class DiscreteVAE(nn.Module):
         eps = self.config.vae.logit_laplace_eps
         recon_loss = logit_laplace_nll(stats, map_pixels(images, eps)).mean()
         kl = kl_to_uniform(logits, dim=1).mean()
-        return VAEOutput(recon_loss + kl_weight * kl, recon_loss, kl, logits, self._reconstruction(stats))
+        loss = recon_loss + kl_weight * self.latents_per_pixel * kl
+        return VAEOutput(loss, recon_loss, kl, logits, self._reconstruction(stats))
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:

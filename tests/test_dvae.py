@@ -39,7 +39,8 @@ def test_shapes_of_encode_decode_and_forward(name):
     assert out.logits.shape == (3, k, g, g)
     assert out.reconstruction.shape == (3, 3, side, side)
     assert out.loss.shape == out.recon_loss.shape == out.kl.shape == ()
-    torch.testing.assert_close(out.loss, out.recon_loss + 0.3 * out.kl)
+    torch.testing.assert_close(out.loss, out.recon_loss + 0.3 * model.latents_per_pixel * out.kl)
+    assert model.latents_per_pixel == g * g / (3 * side * side)
     assert model.codebook.shape == (k, config.vae.codebook_dim)
 
 
@@ -133,7 +134,8 @@ def test_forward_equals_a_hand_composition(tiny_with_biases, hard):
     kl = (q * torch.log(q * k)).sum(1).mean()
     torch.testing.assert_close(out.recon_loss.double(), recon, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out.kl.double(), kl, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(out.loss.double(), recon + kl_weight * kl, rtol=1e-5, atol=1e-5)
+    elbo_kl = kl * g * g / (3 * x.shape[2] * x.shape[3])  # the KL summed over latents, per pixel-channel
+    torch.testing.assert_close(out.loss.double(), recon + kl_weight * elbo_kl, rtol=1e-5, atol=1e-5)
     expected = ((torch.sigmoid(mu) - EPS) / (1 - 2 * EPS)).clamp(0, 1)
     torch.testing.assert_close(out.reconstruction.double(), expected, rtol=1e-5, atol=1e-5)
 

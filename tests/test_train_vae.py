@@ -64,9 +64,10 @@ def test_cli_run_writes_config_metrics_grid_and_checkpoint(tiny_run: tuple[Path,
                                                                                    ("vae", "val", 4)]
     # The 4th update (index 3): tau annealed over round(0.5 * 4) = 2 steps is at its end, the KL
     # warmup of round(0.1 * 4) = 0 steps is done, the lr is on its cosine from 2e-3 to 1e-4.
-    assert train_row["tau"] == 1 / 16 and train_row["kl_weight"] == 1.0
+    assert train_row["tau"] == 1 / 16 and train_row["kl_weight"] == config.vae.kl_weight
     assert train_row["lr"] == pytest.approx(1e-4 + (2e-3 - 1e-4) * (1 + math.cos(math.pi * 3 / 4)) / 2, rel=1e-12)
-    assert train_row["loss"] == pytest.approx(train_row["recon"] + train_row["kl_weight"] * train_row["kl"], rel=1e-5)
+    kl_per_pixel = train_row["kl"] * 4 * 4 / (3 * 32 * 32)  # the mean KL per latent, per pixel-channel
+    assert train_row["loss"] == pytest.approx(train_row["recon"] + train_row["kl_weight"] * kl_per_pixel, rel=1e-5)
     assert 0 < train_row["codes_used"] <= 1 and 1 <= train_row["perplexity"] <= 64
     assert 0 <= val_row["attribute_agreement"] <= 1
 
