@@ -221,6 +221,9 @@ class TransformerConfig(_Section):
     3, conv neighbourhood ``conv_kernel``), ``"full"`` makes every layer dense causal.
     ``text_vocab`` is the BPE vocabulary size, not counting the ``text_len`` per-position padding
     tokens; ``bpe_dropout`` applies to tokenization while the transformer trains.
+    ``cross_entropy``: how the loss scores the output head: ``"fused"`` through
+    ``dalle_kernels.fused_linear_cross_entropy`` (on a GPU the (tokens, vocabulary) logits never
+    exist at once), ``"plain"`` as ``F.linear`` then ``F.cross_entropy`` (for comparison).
     """
 
     layers: int
@@ -234,6 +237,7 @@ class TransformerConfig(_Section):
     attention: Literal["sparse", "full"] = "sparse"
     dropout: float = 0.0
     bpe_dropout: float = 0.1
+    cross_entropy: Literal["fused", "plain"] = "fused"
 
     def __post_init__(self) -> None:
         super().__post_init__()

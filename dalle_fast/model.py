@@ -11,7 +11,9 @@ exactly these positions. The output at position i predicts token i + 1:
 - image: positions T-1..S-2 predict image_0..image_{N-1}, over the ``image_vocab`` codes;
 - the output at S-1 is unused.
 
-Loss: ``(1/8) * text CE + (7/8) * image CE`` (means over the predicted positions, in nats).
+Loss: ``(1/8) * text CE + (7/8) * image CE`` (means over the predicted positions, in nats),
+through ``dalle_kernels.fused_linear_cross_entropy`` (``transformer.cross_entropy == "fused"``,
+the default) or the plain logits + ``F.cross_entropy`` (``"plain"``).
 
 Embeddings: text ids + a text position embedding (T rows); image codes + a row and a column
 embedding (``grid_size`` rows each). Pre-LN blocks ``x + proj(attn(LN x))``, ``x + MLP(LN x)``
@@ -57,14 +59,18 @@ class DALLEOutput(NamedTuple):
 
 
 def head_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                       targets: torch.Tensor) -> torch.Tensor:
+                       targets: torch.Tensor, fused: bool) -> torch.Tensor:
     """Mean cross-entropy of the logits ``hidden @ weight.T + bias`` against ``targets``:
-    hidden (B, P, d), weight (V, d), bias (V,), targets (B, P) ids in [0, V) -> scalar (0 when P is 0).
-    The one place both losses are computed, so a fused linear + cross-entropy can replace it."""
+    hidden (B, P, d), weight (V, d) (a row slice of a tied embedding), bias (V,), targets (B, P)
+    ids in [0, V) -> scalar (0 when P is 0). ``fused``: through ``dk.fused_linear_cross_entropy``
+    (the Triton kernel on a GPU never holds the (B*P, V) logits); else ``F.linear`` then
+    ``F.cross_entropy`` on float32 logits. Both give float32 under autocast."""
     if targets.numel() == 0:
         return hidden.sum() * 0
-    logits = F.linear(hidden, weight, bias)
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+    hidden, targets = hidden.flatten(0, 1), targets.flatten()
+    if fused:
+        return dk.fused_linear_cross_entropy(hidden, weight, targets, bias=bias)
+    return F.cross_entropy(F.linear(hidden, weight, bias).float(), targets)
 
 
 def layer_kinds(layers: int, attention: str) -> list[str]:
@@ -188,9 +194,9 @@ class DALLE(nn.Module):
         """Losses of text (B, T) and image (B, N) token ids (see the module docstring)."""
         text, image = self._check_inputs(text, image)
         hidden = self._hidden(text, image)
-        t = self.text_len
-        text_loss = head_cross_entropy(hidden[:, :t - 1], *self._text_head(), text[:, 1:])
-        image_loss = head_cross_entropy(hidden[:, t - 1:-1], *self._image_head(), image)
+        t, fused = self.text_len, self.config.transformer.cross_entropy == "fused"
+        text_loss = head_cross_entropy(hidden[:, :t - 1], *self._text_head(), text[:, 1:], fused)
+        image_loss = head_cross_entropy(hidden[:, t - 1:-1], *self._image_head(), image, fused)
         return DALLEOutput(TEXT_WEIGHT * text_loss + IMAGE_WEIGHT * image_loss, text_loss, image_loss)
 
     def logits(self, text: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,6 +3,7 @@ the loss, gradients, the layer schedule, the sparse attention it runs, bad input
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -166,6 +167,65 @@ def test_triton_kernels_match_the_reference(monkeypatch, device):
     torch.testing.assert_close(loss_tri, loss_ref, rtol=1e-5, atol=1e-5)
     for g_tri, g_ref in zip(grads_tri, grads_ref):
         torch.testing.assert_close(g_tri, g_ref, rtol=1e-3, atol=1e-5)
+
+
+def loss_and_gradients(model: DALLE, text: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """The three losses (stacked) and every parameter's gradient, by name."""
+    model.zero_grad()
+    out = model(text, image)
+    out.loss.backward()
+    return torch.stack(out).detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_fused_and_plain_cross_entropy_agree(monkeypatch, device, backend):
+    """transformer.cross_entropy "fused" (dk.fused_linear_cross_entropy, called once per head on
+    row slices of the tied embeddings) and "plain" (logits + F.cross_entropy) give the same three
+    losses and the same gradient for every parameter; "triton" runs the kernel (interpreted on a CPU)."""
+    monkeypatch.setenv("DALLE_KERNELS_BACKEND", backend)
+    seed = torch.randint(0, 2**31, ()).item()
+    models = {}
+    for mode in ("fused", "plain"):
+        torch.manual_seed(seed)
+        models[mode] = with_random_biases(DALLE(tiny(layers=2, cross_entropy=mode))).to(device)
+    assert models["fused"].config.transformer.cross_entropy == "fused"
+    text, image = random_tokens(models["fused"], 3, device)
+    calls = []
+    fused_op = dk.fused_linear_cross_entropy
+
+    def spy(hidden, weight, target, **kwargs):
+        calls.append((tuple(hidden.shape), weight.data_ptr(), tuple(weight.shape)))
+        return fused_op(hidden, weight, target, **kwargs)
+
+    monkeypatch.setattr(dk, "fused_linear_cross_entropy", spy)
+    loss_plain, grads_plain = loss_and_gradients(models["plain"], text, image)
+    assert calls == []
+    loss_fused, grads_fused = loss_and_gradients(models["fused"], text, image)
+    model, d = models["fused"], models["fused"].config.transformer.d_model
+    assert calls == [((3 * 15, d), model.text_embedding.weight.data_ptr(), (528, d)),
+                     ((3 * 16, d), model.image_embedding.weight.data_ptr(), (64, d))]
+    torch.testing.assert_close(loss_fused, loss_plain, rtol=1e-5, atol=1e-6)
+    assert grads_fused.keys() == grads_plain.keys()
+    for name, grad in grads_fused.items():
+        torch.testing.assert_close(grad, grads_plain[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_cross_entropy_setting_round_trips_and_rejects_bad_values(tmp_path):
+    """transformer.cross_entropy is saved in config.json and read back; a config.json written
+    before the field existed loads as "fused"; other values are refused naming the field."""
+    config = tiny(cross_entropy="plain")
+    path = config.save(tmp_path / "run")
+    assert json.loads(path.read_text())["transformer"]["cross_entropy"] == "plain"
+    assert Config.load(path) == config
+    assert DALLE(Config.load(path)).config.transformer.cross_entropy == "plain"
+    data = config.to_dict()
+    del data["transformer"]["cross_entropy"]
+    assert Config.from_dict(data).transformer.cross_entropy == "fused"
+    data["transformer"]["cross_entropy"] = "chunked"
+    with pytest.raises(ValueError, match=r"TransformerConfig\.cross_entropy.*'fused', 'plain'.*'chunked'"):
+        Config.from_dict(data)
+    with pytest.raises(ValueError, match=r"TransformerConfig\.cross_entropy"):
+        tiny(cross_entropy=True)
 
 
 @pytest.mark.parametrize("text, image, match", [
