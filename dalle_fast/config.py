@@ -166,6 +166,11 @@ class VAEConfig(_Section):
     from ``tau_start`` to ``tau_end`` over the first ``tau_anneal_fraction`` of training, the KL
     weight a cosine from 0 to ``kl_weight`` (the paper's beta, weighting the KL summed over the
     latents against the likelihood summed over the pixels) over ``kl_warmup_fraction``.
+
+    ``usage_weight`` is not in the paper (0 there): it weights the KL of the batch's mean code
+    distribution to the uniform prior. The per-position KL does not stop every position from
+    preferring the same few codes, and in short runs the encoder's softmax tends to saturate on
+    them, after which no gradient brings it back; this term keeps the codebook in use.
     """
 
     image_size: int
@@ -181,6 +186,7 @@ class VAEConfig(_Section):
     tau_end: float = 1 / 16
     tau_anneal_fraction: float = 150_000 / 3_000_000
     logit_laplace_eps: float = 0.1
+    usage_weight: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -201,6 +207,7 @@ class VAEConfig(_Section):
         self._require("tau_end", 0 < self.tau_end <= self.tau_start, "in (0, tau_start]")
         self._require("tau_anneal_fraction", 0 <= self.tau_anneal_fraction <= 1, "in [0, 1]")
         self._require("logit_laplace_eps", 0 <= self.logit_laplace_eps < 0.5, "in [0, 0.5)")
+        self._require("usage_weight", self.usage_weight >= 0, ">= 0")
 
     @property
     def downsample(self) -> int:
@@ -407,7 +414,7 @@ def _tiny() -> Config:
     return Config(
         name="tiny",
         vae=VAEConfig(image_size=32, grid_size=4, codebook_size=64, hidden=16, blocks_per_group=1,
-                      codebook_dim=32, kl_warmup_fraction=0.1, tau_anneal_fraction=0.5,
+                      codebook_dim=32, kl_warmup_fraction=0.1, tau_anneal_fraction=0.5, usage_weight=1.0,
                       optim=OptimConfig(steps=300, batch_size=32, lr=2e-3, lr_min=1e-4, weight_decay=1e-4)),
         transformer=TransformerConfig(layers=2, heads=2, head_dim=16, text_len=16, text_vocab=512,
                                       conv_kernel=3, optim=OptimConfig(steps=300, batch_size=32, lr=1e-3,
@@ -422,9 +429,9 @@ def _tiny() -> Config:
 def _demo() -> Config:
     return Config(
         name="demo",
-        vae=VAEConfig(image_size=64, grid_size=8, codebook_size=512, hidden=32, blocks_per_group=1,
-                      codebook_dim=64, kl_warmup_fraction=0.05, tau_anneal_fraction=0.5,
-                      optim=OptimConfig(steps=2_000, batch_size=32, lr=1e-3, lr_min=2e-5, weight_decay=1e-4)),
+        vae=VAEConfig(image_size=64, grid_size=8, codebook_size=512, hidden=16, blocks_per_group=1,
+                      codebook_dim=64, kl_warmup_fraction=0.05, tau_anneal_fraction=0.5, usage_weight=1.0,
+                      optim=OptimConfig(steps=2_000, batch_size=32, lr=2e-3, lr_min=2e-5, weight_decay=1e-4)),
         transformer=TransformerConfig(layers=4, heads=4, head_dim=32, text_len=32, text_vocab=1_024,
                                       conv_kernel=3, optim=OptimConfig(steps=2_000, batch_size=32, lr=5e-4,
                                                                        warmup_fraction=0.05, beta2=0.96)),

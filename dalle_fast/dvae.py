@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .config import Config
-from .dvae_loss import kl_to_uniform, logit_laplace_nll, map_pixels, unmap_pixels
+from .dvae_loss import kl_to_uniform, logit_laplace_nll, map_pixels, marginal_kl_to_uniform, unmap_pixels
 from .dvae_nets import IMAGE_CHANNELS, Decoder, Encoder
 
 
@@ -23,16 +23,20 @@ class VAEOutput(NamedTuple):
     """What :meth:`DiscreteVAE.forward` returns.
 
     loss: scalar, the negative ELBO with its KL weighted by ``kl_weight`` (the paper's beta), per
-    pixel-channel: ``recon_loss + kl_weight * latents_per_pixel * kl`` (see
-    :attr:`DiscreteVAE.latents_per_pixel`). recon_loss: scalar, the logit-Laplace negative
+    pixel-channel, plus the codebook usage term: ``recon_loss + kl_weight * latents_per_pixel * kl
+    + usage_weight * marginal_kl`` (see :attr:`DiscreteVAE.latents_per_pixel` and
+    ``VAEConfig.usage_weight``). recon_loss: scalar, the logit-Laplace negative
     log-likelihood of the mapped pixels, mean per pixel-channel, in nats. kl: scalar, KL of the
-    encoder's softmax to the uniform prior, mean per latent position, in nats. logits:
+    encoder's softmax to the uniform prior, mean per latent position, in nats. marginal_kl:
+    scalar, KL of the batch's mean softmax to the uniform prior (0 when every code is used
+    equally on average), in nats. logits:
     (B, K, g, g). reconstruction: (B, 3, H, W) in [0, 1], the decoded image.
     """
 
     loss: torch.Tensor
     recon_loss: torch.Tensor
     kl: torch.Tensor
+    marginal_kl: torch.Tensor
     logits: torch.Tensor
     reconstruction: torch.Tensor
 
@@ -89,8 +93,9 @@ class DiscreteVAE(nn.Module):
         eps = self.config.vae.logit_laplace_eps
         recon_loss = logit_laplace_nll(stats, map_pixels(images, eps)).mean()
         kl = kl_to_uniform(logits, dim=1).mean()
-        loss = recon_loss + kl_weight * self.latents_per_pixel * kl
-        return VAEOutput(loss, recon_loss, kl, logits, self._reconstruction(stats))
+        marginal_kl = marginal_kl_to_uniform(logits, dim=1)
+        loss = recon_loss + kl_weight * self.latents_per_pixel * kl + self.config.vae.usage_weight * marginal_kl
+        return VAEOutput(loss, recon_loss, kl, marginal_kl, logits, self._reconstruction(stats))
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:

@@ -43,3 +43,13 @@ def kl_to_uniform(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
     float32 (float64 stays float64). 0 for uniform logits, ln K for a one-hot."""
     log_q = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim)
     return (log_q.exp() * log_q).sum(dim) + math.log(logits.shape[dim])
+
+
+def marginal_kl_to_uniform(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """KL(mean softmax || uniform), in nats: the code distribution of the whole batch (the
+    encoder's softmax averaged over every position but ``dim``) against the uniform prior.
+    logits (.., K at dim, ..) -> scalar, float32 (float64 stays float64). 0 when the batch uses
+    every code equally on average, ln K when every position puts all its mass on one code."""
+    q = torch.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim)
+    marginal = q.transpose(0, dim).flatten(1).mean(1)
+    return torch.xlogy(marginal, marginal).sum() + math.log(logits.shape[dim])

@@ -1,5 +1,6 @@
 """The discrete VAE: shapes, the codebook view, the relaxed forward against a hand composition,
 the objective's pieces against float64 formulas, encode/decode, and argument checks."""
+import dataclasses
 import math
 
 import pytest
@@ -8,7 +9,7 @@ import torch.nn.functional as F
 
 from dalle_fast.config import preset
 from dalle_fast.dvae import DiscreteVAE
-from dalle_fast.dvae_loss import kl_to_uniform, logit_laplace_nll, map_pixels, unmap_pixels
+from dalle_fast.dvae_loss import kl_to_uniform, logit_laplace_nll, map_pixels, marginal_kl_to_uniform, unmap_pixels
 from dalle_fast.dvae_nets import ResidualBlock
 
 EPS = 0.1  # logit_laplace_eps of every preset
@@ -99,8 +100,10 @@ def test_codebook_is_a_view_of_the_first_decoder_conv(tiny):
 
 @pytest.fixture
 def tiny_with_biases() -> DiscreteVAE:
-    """A tiny model whose biases are random (they start at zero), so that a bias left out shows."""
-    model = DiscreteVAE(preset("tiny"))
+    """A tiny model whose biases are random (they start at zero), so that a bias left out shows,
+    with a codebook usage term in its loss."""
+    config = preset("tiny")
+    model = DiscreteVAE(dataclasses.replace(config, vae=dataclasses.replace(config.vae, usage_weight=0.5)))
     with torch.no_grad():
         for conv in model.modules():
             if isinstance(conv, torch.nn.Conv2d):
@@ -135,7 +138,10 @@ def test_forward_equals_a_hand_composition(tiny_with_biases, hard):
     torch.testing.assert_close(out.recon_loss.double(), recon, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out.kl.double(), kl, rtol=1e-5, atol=1e-6)
     elbo_kl = kl * g * g / (3 * x.shape[2] * x.shape[3])  # the KL summed over latents, per pixel-channel
-    torch.testing.assert_close(out.loss.double(), recon + kl_weight * elbo_kl, rtol=1e-5, atol=1e-5)
+    mean = q.mean((0, 2, 3))
+    marginal_kl = (mean * torch.log(mean * k)).sum()
+    torch.testing.assert_close(out.marginal_kl.double(), marginal_kl, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.loss.double(), recon + kl_weight * elbo_kl + 0.5 * marginal_kl, rtol=1e-5, atol=1e-5)
     expected = ((torch.sigmoid(mu) - EPS) / (1 - 2 * EPS)).clamp(0, 1)
     torch.testing.assert_close(out.reconstruction.double(), expected, rtol=1e-5, atol=1e-5)
 
@@ -157,10 +163,13 @@ def test_kl_is_zero_for_uniform_logits_and_log_k_for_one_hot(tiny):
         saved = out_conv.weight.clone(), out_conv.bias.clone()
         out_conv.weight.zero_()  # logits = bias at every position, whatever the image
         try:
-            assert tiny(images(tiny), 1.0, 1.0).kl.item() == pytest.approx(0.0, abs=1e-6)
+            out = tiny(images(tiny), 1.0, 1.0)
+            assert out.kl.item() == pytest.approx(0.0, abs=1e-6)
+            assert out.marginal_kl.item() == pytest.approx(0.0, abs=1e-6)
             out_conv.bias[7] = 1e4
             out = tiny(images(tiny), 1.0, 1.0)
             assert out.kl.item() == pytest.approx(math.log(k), rel=1e-6)
+            assert out.marginal_kl.item() == pytest.approx(math.log(k), rel=1e-6)
             assert (out.logits.argmax(1) == 7).all()
         finally:
             out_conv.weight.copy_(saved[0])
@@ -172,6 +181,16 @@ def test_kl_to_uniform_matches_float64():
     q = torch.softmax(logits.double(), dim=1)
     expected = (q * (q.log() + math.log(5))).sum(1)
     torch.testing.assert_close(kl_to_uniform(logits, dim=1).double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_marginal_kl_is_the_kl_of_the_mean_softmax_in_float64():
+    logits = torch.randn(2, 5, 3, 4) * 3
+    mean = torch.softmax(logits.double(), dim=1).mean((0, 2, 3))  # the batch's code distribution
+    expected = (mean * (mean.log() + math.log(5))).sum()
+    torch.testing.assert_close(marginal_kl_to_uniform(logits, dim=1).double(), expected, rtol=1e-5, atol=1e-6)
+    # Each position one-hot on a different code, all codes equally often: no penalty.
+    one_hot = torch.eye(5)[:, :, None, None].expand(5, 5, 1, 1).mul(1e4)
+    assert marginal_kl_to_uniform(one_hot, dim=1).item() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_logit_laplace_nll_matches_float64_formula():

@@ -36,7 +36,7 @@ from dalle_fast.train.data import IndexStream
 from dalle_fast.train.vae_eval import GRID_IMAGES
 
 FIXTURES = Path(__file__).parent / "fixtures"
-TRAIN_KEYS = {"stage", "split", "step", "loss", "recon", "kl", "tau", "kl_weight", "lr", "perplexity", "codes_used",
+TRAIN_KEYS = {"stage", "split", "step", "loss", "recon", "kl", "marginal_kl", "tau", "kl_weight", "lr", "perplexity", "codes_used",
               "seconds"}
 VAL_KEYS = {"stage", "split", "step", "psnr", "codes_used", "perplexity", "attribute_agreement", "seconds"}
 STEPS = 4  # of the shared CLI run
@@ -67,7 +67,8 @@ def test_cli_run_writes_config_metrics_grid_and_checkpoint(tiny_run: tuple[Path,
     assert train_row["tau"] == 1 / 16 and train_row["kl_weight"] == config.vae.kl_weight
     assert train_row["lr"] == pytest.approx(1e-4 + (2e-3 - 1e-4) * (1 + math.cos(math.pi * 3 / 4)) / 2, rel=1e-12)
     kl_per_pixel = train_row["kl"] * 4 * 4 / (3 * 32 * 32)  # the mean KL per latent, per pixel-channel
-    assert train_row["loss"] == pytest.approx(train_row["recon"] + train_row["kl_weight"] * kl_per_pixel, rel=1e-5)
+    assert train_row["loss"] == pytest.approx(train_row["recon"] + train_row["kl_weight"] * kl_per_pixel
+                                              + config.vae.usage_weight * train_row["marginal_kl"], rel=1e-5)
     assert 0 < train_row["codes_used"] <= 1 and 1 <= train_row["perplexity"] <= 64
     assert 0 <= val_row["attribute_agreement"] <= 1
 

@@ -66,7 +66,7 @@ class VAETrainer(StageTrainer):
         """The batch's loss terms and token usage."""
         usage = codebook_usage(output.logits.detach().argmax(dim=1), self.config.vae.codebook_size)
         return {"loss": output.loss.item(), "recon": output.recon_loss.item(), "kl": output.kl.item(),
-                "perplexity": float(usage.perplexity), "codes_used": float(usage.fraction_used)}
+                "marginal_kl": output.marginal_kl.item(), "perplexity": float(usage.perplexity), "codes_used": float(usage.fraction_used)}
 
     def evaluate(self, model: DiscreteVAE) -> dict[str, Any]:
         """The val reconstruction metrics (:func:`.vae_eval.validate_vae`); saves the grid."""
