@@ -40,7 +40,8 @@ def test_shapes_of_encode_decode_and_forward(name):
     assert out.logits.shape == (3, k, g, g)
     assert out.reconstruction.shape == (3, 3, side, side)
     assert out.loss.shape == out.recon_loss.shape == out.kl.shape == ()
-    torch.testing.assert_close(out.loss, out.recon_loss + 0.3 * model.latents_per_pixel * out.kl)
+    torch.testing.assert_close(out.loss, out.recon_loss + 0.3 * model.latents_per_pixel * out.kl
+                               + config.vae.usage_weight * out.marginal_kl)
     assert model.latents_per_pixel == g * g / (3 * side * side)
     assert model.codebook.shape == (k, config.vae.codebook_dim)
 
