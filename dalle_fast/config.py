@@ -171,6 +171,15 @@ class VAEConfig(_Section):
     distribution to the uniform prior. The per-position KL does not stop every position from
     preferring the same few codes, and in short runs the encoder's softmax tends to saturate on
     them, after which no gradient brings it back; this term keeps the codebook in use.
+
+    ``reconstruction``: the likelihood of the mapped pixels. ``"logit_laplace"`` is the paper's
+    (the decoder predicts a location and a scale per pixel-channel); ``"gaussian"`` has a fixed
+    standard deviation ``gaussian_sigma`` around the decoded pixel, i.e. a scaled squared error.
+    The CPU presets (tiny, demo) use the Gaussian: in their few thousand updates the
+    logit-Laplace decoder spends its capacity sharpening the white background (its learned scale
+    weights those pixels most) and the codes never learn color (demo: 21 dB, 2% of the
+    reconstructions with all four attributes right, against 26 dB and 72% with the Gaussian at
+    half the steps).
     """
 
     image_size: int
@@ -187,6 +196,8 @@ class VAEConfig(_Section):
     tau_anneal_fraction: float = 150_000 / 3_000_000
     logit_laplace_eps: float = 0.1
     usage_weight: float = 0.0
+    reconstruction: Literal["logit_laplace", "gaussian"] = "logit_laplace"
+    gaussian_sigma: float = 0.0707
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -208,6 +219,7 @@ class VAEConfig(_Section):
         self._require("tau_anneal_fraction", 0 <= self.tau_anneal_fraction <= 1, "in [0, 1]")
         self._require("logit_laplace_eps", 0 <= self.logit_laplace_eps < 0.5, "in [0, 0.5)")
         self._require("usage_weight", self.usage_weight >= 0, ">= 0")
+        self._require("gaussian_sigma", self.gaussian_sigma > 0, "> 0")
 
     @property
     def downsample(self) -> int:
@@ -415,6 +427,7 @@ def _tiny() -> Config:
         name="tiny",
         vae=VAEConfig(image_size=32, grid_size=4, codebook_size=64, hidden=16, blocks_per_group=1,
                       codebook_dim=32, kl_warmup_fraction=0.1, tau_anneal_fraction=0.5, usage_weight=1.0,
+                      reconstruction="gaussian",
                       optim=OptimConfig(steps=300, batch_size=32, lr=2e-3, lr_min=1e-4, weight_decay=1e-4)),
         transformer=TransformerConfig(layers=2, heads=2, head_dim=16, text_len=16, text_vocab=512,
                                       conv_kernel=3, optim=OptimConfig(steps=300, batch_size=32, lr=1e-3,
@@ -431,6 +444,7 @@ def _demo() -> Config:
         name="demo",
         vae=VAEConfig(image_size=64, grid_size=8, codebook_size=512, hidden=16, blocks_per_group=1,
                       codebook_dim=64, kl_warmup_fraction=0.05, tau_anneal_fraction=0.5, usage_weight=1.0,
+                      reconstruction="gaussian",
                       optim=OptimConfig(steps=2_000, batch_size=32, lr=2e-3, lr_min=2e-5, weight_decay=1e-4)),
         transformer=TransformerConfig(layers=4, heads=4, head_dim=32, text_len=32, text_vocab=1_024,
                                       conv_kernel=3, optim=OptimConfig(steps=2_000, batch_size=32, lr=5e-4,

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .config import Config
-from .dvae_loss import kl_to_uniform, logit_laplace_nll, map_pixels, marginal_kl_to_uniform, unmap_pixels
+from .dvae_loss import gaussian_nll, kl_to_uniform, logit_laplace_nll, map_pixels, marginal_kl_to_uniform, unmap_pixels
 from .dvae_nets import IMAGE_CHANNELS, Decoder, Encoder
 
 
@@ -23,10 +23,10 @@ class VAEOutput(NamedTuple):
     """What :meth:`DiscreteVAE.forward` returns.
 
     loss: scalar, the negative ELBO with its KL weighted by ``kl_weight`` (the paper's beta), per
-    pixel-channel, plus the codebook usage term: ``recon_loss + kl_weight * latents_per_pixel * kl
+    pixel-channel (the likelihood is ``VAEConfig.reconstruction``'s), plus the codebook usage term: ``recon_loss + kl_weight * latents_per_pixel * kl
     + usage_weight * marginal_kl`` (see :attr:`DiscreteVAE.latents_per_pixel` and
-    ``VAEConfig.usage_weight``). recon_loss: scalar, the logit-Laplace negative
-    log-likelihood of the mapped pixels, mean per pixel-channel, in nats. kl: scalar, KL of the
+    ``VAEConfig.usage_weight``). recon_loss: scalar, the negative
+    log-likelihood of the mapped pixels (logit-Laplace, or Gaussian without its constant), mean per pixel-channel, in nats. kl: scalar, KL of the
     encoder's softmax to the uniform prior, mean per latent position, in nats. marginal_kl:
     scalar, KL of the batch's mean softmax to the uniform prior (0 when every code is used
     equally on average), in nats. logits:
@@ -91,7 +91,12 @@ class DiscreteVAE(nn.Module):
         codes = dk.gumbel_softmax_codebook(logits, self.codebook, tau, hard, dim=1, noise=noise)
         stats = self.decoder(codes)
         eps = self.config.vae.logit_laplace_eps
-        recon_loss = logit_laplace_nll(stats, map_pixels(images, eps)).mean()
+        target = map_pixels(images, eps)
+        vae = self.config.vae
+        if vae.reconstruction == "gaussian":
+            recon_loss = gaussian_nll(stats, target, vae.gaussian_sigma).mean()
+        else:
+            recon_loss = logit_laplace_nll(stats, target).mean()
         kl = kl_to_uniform(logits, dim=1).mean()
         marginal_kl = marginal_kl_to_uniform(logits, dim=1)
         loss = recon_loss + kl_weight * self.latents_per_pixel * kl + self.config.vae.usage_weight * marginal_kl

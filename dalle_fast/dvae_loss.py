@@ -37,6 +37,17 @@ def logit_laplace_nll(stats: torch.Tensor, target: torch.Tensor) -> torch.Tensor
     return math.log(2) + log_b + log_x + log_1mx + (log_x - log_1mx - mu).abs() * torch.exp(-log_b)
 
 
+def gaussian_nll(stats: torch.Tensor, target: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Negative log density, in nats and without its constant ``ln(sigma sqrt(2 pi))``, of
+    ``target`` under a Gaussian of fixed standard deviation ``sigma`` around ``sigmoid(mu)``:
+    ``(sigmoid(mu) - x)**2 / (2 sigma**2)``. stats (B, 2C, H, W) with mu in channels [0, C) (the
+    ln b channels are not used); target (B, C, H, W) mapped pixels. Returns (B, C, H, W), float32
+    (float64 stays float64)."""
+    dtype = torch.promote_types(stats.dtype, torch.float32)
+    mu = stats[:, :target.shape[1]].to(dtype)
+    return (torch.sigmoid(mu) - target.to(dtype)).square() / (2 * sigma**2)
+
+
 def kl_to_uniform(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
     """KL(softmax(logits) || uniform over the K codes), in nats, at every position:
     ``sum_k q_k ln q_k + ln K``. logits (.., K at dim, ..) -> that shape without ``dim``,

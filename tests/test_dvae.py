@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from dalle_fast.config import preset
 from dalle_fast.dvae import DiscreteVAE
-from dalle_fast.dvae_loss import kl_to_uniform, logit_laplace_nll, map_pixels, marginal_kl_to_uniform, unmap_pixels
+from dalle_fast.dvae_loss import gaussian_nll, kl_to_uniform, logit_laplace_nll, map_pixels, marginal_kl_to_uniform, unmap_pixels
 from dalle_fast.dvae_nets import ResidualBlock
 
 EPS = 0.1  # logit_laplace_eps of every preset
@@ -99,12 +99,13 @@ def test_codebook_is_a_view_of_the_first_decoder_conv(tiny):
         weight.copy_(saved)
 
 
-@pytest.fixture
-def tiny_with_biases() -> DiscreteVAE:
+@pytest.fixture(params=["logit_laplace", "gaussian"])
+def tiny_with_biases(request) -> DiscreteVAE:
     """A tiny model whose biases are random (they start at zero), so that a bias left out shows,
-    with a codebook usage term in its loss."""
+    with a codebook usage term in its loss; one per reconstruction likelihood."""
     config = preset("tiny")
-    model = DiscreteVAE(dataclasses.replace(config, vae=dataclasses.replace(config.vae, usage_weight=0.5)))
+    vae = dataclasses.replace(config.vae, usage_weight=0.5, reconstruction=request.param, gaussian_sigma=0.3)
+    model = DiscreteVAE(dataclasses.replace(config, vae=vae))
     with torch.no_grad():
         for conv in model.modules():
             if isinstance(conv, torch.nn.Conv2d):
@@ -131,9 +132,12 @@ def test_forward_equals_a_hand_composition(tiny_with_biases, hard):
     stats = tiny.decoder.net(tiny.decoder.codebook_conv(y.float())).double()
     mu, log_b = stats[:, :3], stats[:, 3:]
     target = (1 - 2 * EPS) * x.double() + EPS
-    b = log_b.exp()
-    density = torch.exp(-(torch.log(target / (1 - target)) - mu).abs() / b) / (2 * b * target * (1 - target))
-    recon = -density.log().mean()
+    if tiny.config.vae.reconstruction == "gaussian":  # sigma 0.3, the constant left out
+        recon = ((torch.sigmoid(mu) - target) ** 2 / (2 * 0.3**2)).mean()
+    else:
+        b = log_b.exp()
+        density = torch.exp(-(torch.log(target / (1 - target)) - mu).abs() / b) / (2 * b * target * (1 - target))
+        recon = -density.log().mean()
     q = torch.softmax(logits.double(), dim=1)
     kl = (q * torch.log(q * k)).sum(1).mean()
     torch.testing.assert_close(out.recon_loss.double(), recon, rtol=1e-5, atol=1e-5)
@@ -192,6 +196,13 @@ def test_marginal_kl_is_the_kl_of_the_mean_softmax_in_float64():
     # Each position one-hot on a different code, all codes equally often: no penalty.
     one_hot = torch.eye(5)[:, :, None, None].expand(5, 5, 1, 1).mul(1e4)
     assert marginal_kl_to_uniform(one_hot, dim=1).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_gaussian_nll_matches_float64_formula():
+    stats, x = torch.randn(2, 6, 4, 5) * 2, torch.rand(2, 3, 4, 5)
+    expected = (torch.sigmoid(stats[:, :3].double()) - x.double()) ** 2 / (2 * 0.2**2)
+    torch.testing.assert_close(gaussian_nll(stats, x, 0.2).double(), expected, rtol=1e-5, atol=1e-6)
+    assert gaussian_nll(stats.double(), x.double(), 0.2).dtype == torch.float64
 
 
 def test_logit_laplace_nll_matches_float64_formula():
