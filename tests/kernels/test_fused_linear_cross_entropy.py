@@ -27,12 +27,15 @@ def small_chunks(monkeypatch):
 
 def inputs(n, d, v, device, dtype=torch.float32, bias=True, ignored=0.2, ignore_index=-100):
     """hidden (n, d), weight (v, d), bias (v,) or None, target (n,) with about ``ignored`` of the rows
-    set to ``ignore_index``."""
+    set to ``ignore_index``; unless ``ignored`` is 1, row 0 is kept (a mean over no row is NaN, which
+    only test_all_rows_ignored wants)."""
     hidden = torch.randn(n, d, device=device).to(dtype)
     weight = (torch.randn(v, d, device=device) / d**0.5).to(dtype)
     b = torch.randn(v, device=device).to(dtype) if bias else None
     target = torch.randint(v, (n,), device=device)
-    target[torch.rand(n, device=device) < ignored] = ignore_index
+    drop = torch.rand(n, device=device) < ignored
+    drop[:1] &= ignored >= 1
+    target[drop] = ignore_index
     return hidden, weight, b, target
 
 
