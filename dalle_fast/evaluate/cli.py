@@ -14,21 +14,11 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..train.cli import _positive_int
+from ..cli_types import non_negative_float, positive_int
 from ..train.errors import UsageError
 from .data import EVAL_SPLITS
 from .pipeline import EvalOptions, evaluate
 from .report import REPORT_JSON, write_report
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,16 +35,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", choices=EVAL_SPLITS, default=defaults.split,
                         help="shapes: that split; user data: val = the run's held-out share, test = every image "
                              "(a CUB tree: its official test split)")
-    parser.add_argument("--num-prompts", type=_positive_int, default=defaults.num_prompts,
+    parser.add_argument("--num-prompts", type=positive_int, default=defaults.num_prompts,
                         help="prompts to sample for (shapes: half of held-out pairs)")
-    parser.add_argument("--samples-per-prompt", type=_positive_int,
+    parser.add_argument("--samples-per-prompt", type=positive_int,
                         help="images sampled per prompt and reranked by CLIP (default: the config's clip.candidates)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the sampling")
-    parser.add_argument("--temperature", type=_non_negative_float, default=defaults.temperature,
+    parser.add_argument("--temperature", type=non_negative_float, default=defaults.temperature,
                         help="sampling temperature (0: greedy)")
-    parser.add_argument("--top-k", type=_positive_int, help="sample among the k likeliest image codes "
+    parser.add_argument("--top-k", type=positive_int, help="sample among the k likeliest image codes "
                                                             "(default: a quarter of the codebook)")
-    parser.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size,
+    parser.add_argument("--batch-size", type=positive_int, default=defaults.batch_size,
                         help="images per batch when sampling and measuring")
     parser.add_argument("--inception-weights", help="a local pt_inception weights file (pytorch-fid's "
                                                     "pt_inception-2015-12-05-6726825d.pth) for Inception FID")

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from ..clip import CLIP
 from ..generate import TextToImage
-from ..train.dalle import TOP_K_FRACTION
+from ..train.dalle import default_top_k
 from ..train.device import autocast
 from ..train.errors import UsageError
 from ..train.tokens import encode_split
@@ -178,7 +178,7 @@ def evaluate(run_dir: Path, options: EvalOptions) -> tuple[dict[str, Any], Sampl
     pipeline = load_run(run_dir)
     config, device = with_dataset(pipeline.config, options.data), pipeline.device
     samples_per_prompt = options.samples_per_prompt or config.clip.candidates
-    top_k = options.top_k or max(1, round(TOP_K_FRACTION * config.image_vocab))
+    top_k = options.top_k or default_top_k(config)
     if top_k > config.image_vocab:
         raise UsageError(f"--top-k: must be at most the codebook size {config.image_vocab}, got {top_k}")
     data = eval_data(config, options.split, options.images)

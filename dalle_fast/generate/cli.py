@@ -24,8 +24,8 @@ from ..atomic import write_atomic
 from ..data.images import load_image
 from ..grid import PADDING, image_grid
 from ..sampling import check_sampling
-from ..train.cli import _positive_int
-from ..train.dalle import TOP_K_FRACTION
+from ..cli_types import positive_int
+from ..train.dalle import default_top_k
 from ..train.errors import UsageError
 from .text_to_image import TextToImage
 
@@ -39,8 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "of the CLIP-best samples.")
     parser.add_argument("--run", type=Path, required=True, help="the run directory (python -m dalle_fast.train --out)")
     parser.add_argument("--prompt", required=True, help="the caption to draw")
-    parser.add_argument("--num", type=_positive_int, default=16, help="images to sample (default: 16)")
-    parser.add_argument("--keep", type=_positive_int, default=4, help="CLIP-best images to keep (default: 4)")
+    parser.add_argument("--num", type=positive_int, default=16, help="images to sample (default: 16)")
+    parser.add_argument("--keep", type=positive_int, default=4, help="CLIP-best images to keep (default: 4)")
     parser.add_argument("--out", type=Path, default=Path("out.png"), help="the PNG to write (default: out.png)")
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0: greedy)")
     parser.add_argument("--top-k", type=int, help="sample among the k likeliest image codes "
@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampling (default: 0)")
     parser.add_argument("--prime", type=Path, help="an image whose top --prime-rows token rows every sample keeps")
     parser.add_argument("--prime-rows", type=int, help="token rows of --prime to keep (1 .. the token grid side)")
-    parser.add_argument("--batch-size", type=_positive_int, default=64, help="images sampled at once (default: 64)")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="images sampled at once (default: 64)")
     return parser
 
 
@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         check_arguments(args)
         pipeline = TextToImage.from_run(args.run)
-        top_k = args.top_k if args.top_k is not None else max(1, round(TOP_K_FRACTION * pipeline.config.image_vocab))
+        top_k = args.top_k if args.top_k is not None else default_top_k(pipeline.config)
         result = pipeline.generate(args.prompt, args.num, args.keep, temperature=args.temperature, top_k=top_k,
                                    seed=args.seed, prime_image=prime_image(args, pipeline),
                                    prime_rows=args.prime_rows or 0, batch_size=args.batch_size, progress=True)

@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..checkpoint import checkpointed_stages
+from ..cli_types import positive_int
 from ..config import PRESETS, Config, preset
 from .clip import STAGE as CLIP_STAGE
 from .clip import train_clip_stage
@@ -65,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, help="run directory (default: runs/<preset>)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from its latest checkpoint (start it if it has none)")
-    parser.add_argument("--steps", type=_positive_int,
+    parser.add_argument("--steps", type=positive_int,
                         help="optimizer steps of each stage this command runs (vae, dalle, clip; with --stage "
                              "all, all three); overrides the preset and is saved in config.json")
     return parser
@@ -131,13 +132,3 @@ def train(config: Config, out: Path, stage: str = "all", resume: bool = False, i
             barrier()
             if is_main():
                 print(f"{name}: {result}; wall time {time.perf_counter() - started:.1f} s; run directory {out}")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value

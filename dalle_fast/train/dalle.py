@@ -88,6 +88,12 @@ class Prompts(NamedTuple):
     heldout: list[bool] | None
 
 
+def default_top_k(config: Config) -> int:
+    """Image codes sampled among by default (training grids, generate, evaluate): the top
+    ``TOP_K_FRACTION`` of the codebook, at least 1."""
+    return max(1, round(TOP_K_FRACTION * config.image_vocab))
+
+
 class DALLETrainer(StageTrainer):
     """The stage-dalle run: a :class:`~dalle_fast.model.DALLE` on (caption, image tokens) batches."""
 
@@ -147,7 +153,7 @@ class DALLETrainer(StageTrainer):
         prompts, side = self.prompts, self.config.grid_size
         text = self.tokenizer.encode(prompts.captions).repeat_interleave(SAMPLES_PER_PROMPT, dim=0)
         generator = torch.Generator(self.device).manual_seed(self.config.train.seed)
-        top_k = max(1, round(TOP_K_FRACTION * self.config.image_vocab))
+        top_k = default_top_k(self.config)
         with self.precision():
             tokens = sample_image_tokens(model, text.to(self.device), top_k=top_k, generator=generator)
             images = self.vae.decode(tokens.view(-1, side, side)).float().cpu()
