@@ -239,6 +239,11 @@ class TransformerConfig(_Section):
     3, conv neighbourhood ``conv_kernel``), ``"full"`` makes every layer dense causal.
     ``text_vocab`` is the BPE vocabulary size, not counting the ``text_len`` per-position padding
     tokens; ``bpe_dropout`` applies to tokenization while the transformer trains.
+    ``dropout``: on the embeddings and every residual branch while training. The demo preset
+    uses 0.1: its train split holds only 504 distinct images (8 colors x 4 shapes x 2 sizes x 9
+    positions, less the held-out pairs), which the transformer otherwise memorizes (train image
+    loss 0.004 nats against 0.16 on val with weight decay 0.1 instead); with dropout 0.1 the
+    held-out pairs' samples come out right twice as often as without (13% against 7%).
     ``cross_entropy``: how the loss scores the output head: ``"fused"`` through
     ``dalle_kernels.fused_linear_cross_entropy`` (on a GPU the (tokens, vocabulary) logits never
     exist at once), ``"plain"`` as ``F.linear`` then ``F.cross_entropy`` (for comparison).
@@ -446,8 +451,9 @@ def _demo() -> Config:
                       reconstruction="gaussian",
                       optim=OptimConfig(steps=2_000, batch_size=32, lr=2e-3, lr_min=2e-5, weight_decay=1e-4)),
         transformer=TransformerConfig(layers=4, heads=4, head_dim=32, text_len=32, text_vocab=1_024,
-                                      conv_kernel=3, optim=OptimConfig(steps=2_000, batch_size=32, lr=5e-4,
-                                                                       warmup_fraction=0.05, beta2=0.96)),
+                                      conv_kernel=3, dropout=0.1,
+                                      optim=OptimConfig(steps=2_000, batch_size=32, lr=5e-4, warmup_fraction=0.05,
+                                                        beta2=0.96)),
         clip=CLIPConfig(width=64, layers=2, heads=4, embed_dim=64, patch_size=8, candidates=32,
                         optim=OptimConfig(steps=800, batch_size=128, lr=1e-3, warmup_fraction=0.05)),
         data=DataConfig(train_size=50_000, val_size=1_000, test_size=1_000),
