@@ -91,6 +91,7 @@ def test_report_numbers_are_consistent(report: dict) -> None:
     assert report["fid"]["clip"]["first"] >= 0 and report["fid"]["clip"]["reranked"] >= 0
     vae = report["vae"]
     assert 0 < vae["codes_used"] <= 1 and 1 <= vae["perplexity"] <= 64 and vae["attribute_agreement"] is not None
+    assert 0 <= vae["attribute_agreement_heldout"] <= 1
 
 
 def test_evaluation_is_deterministic(run: Path) -> None:
@@ -149,7 +150,7 @@ def test_user_data(run: Path, data: Path, extra: list[str], split: str, images: 
     report = json.loads((run / "eval" / "report.json").read_text())
     assert list(report) == list(KEYS) and report["dataset"] == str(data.resolve())
     assert report["attributes"] is None and report["rerank_curve"] is None
-    assert report["vae"]["attribute_agreement"] is None
+    assert report["vae"]["attribute_agreement"] is None and report["vae"]["attribute_agreement_heldout"] is None
     assert report["plots"] == {"samples": "samples.png", "rerank_curve": None, "attribute_accuracy": None}
     assert report["settings"]["num_prompts"] == images and all(p["heldout"] is None for p in report["prompts"])
     assert (report["fid"]["clip"]["first"] is None) == (images < 2)

@@ -38,7 +38,8 @@ from dalle_fast.train.vae_eval import GRID_IMAGES
 FIXTURES = Path(__file__).parent / "fixtures"
 TRAIN_KEYS = {"stage", "split", "step", "loss", "recon", "kl", "marginal_kl", "tau", "kl_weight", "lr", "perplexity", "codes_used",
               "seconds"}
-VAL_KEYS = {"stage", "split", "step", "psnr", "codes_used", "perplexity", "attribute_agreement", "seconds"}
+VAL_KEYS = {"stage", "split", "step", "psnr", "codes_used", "perplexity", "attribute_agreement",
+            "attribute_agreement_heldout", "seconds"}
 STEPS = 4  # of the shared CLI run
 
 
@@ -70,7 +71,7 @@ def test_cli_run_writes_config_metrics_grid_and_checkpoint(tiny_run: tuple[Path,
     assert train_row["loss"] == pytest.approx(train_row["recon"] + train_row["kl_weight"] * kl_per_pixel
                                               + config.vae.usage_weight * train_row["marginal_kl"], rel=1e-5)
     assert 0 < train_row["codes_used"] <= 1 and 1 <= train_row["perplexity"] <= 64
-    assert 0 <= val_row["attribute_agreement"] <= 1
+    assert 0 <= val_row["attribute_agreement"] <= 1 and 0 <= val_row["attribute_agreement_heldout"] <= 1
 
     pointer = json.loads((run_dir / "vae-latest.json").read_text())
     assert pointer == {"step": 4, "weights": "vae-00000004.safetensors", "state": "vae-00000004.state.safetensors"}

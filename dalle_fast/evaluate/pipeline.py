@@ -184,7 +184,8 @@ def evaluate(run_dir: Path, options: EvalOptions) -> tuple[dict[str, Any], Sampl
     data = eval_data(config, options.split, options.images)
     prompts = choose_prompts(data, options.num_prompts, config.data.holdout)
     precision = autocast(config.train.precision, device)
-    vae_metrics = validate_vae(pipeline.vae, data.dataset, data.attributes, options.batch_size, precision).metrics
+    vae_metrics = validate_vae(pipeline.vae, data.dataset, data.attributes, options.batch_size, precision,
+                               config.data.holdout).metrics
     losses = transformer_losses(pipeline, data, options.batch_size, precision)
     samples = generate(pipeline, prompts.captions, samples_per_prompt, options, top_k)
     real = torch.stack([data.dataset[i][0] for i in prompts.indices])
@@ -207,7 +208,8 @@ def evaluate(run_dir: Path, options: EvalOptions) -> tuple[dict[str, Any], Sampl
                      "inception_weights": options.inception_weights, "device": device.type},
         "vae": {"psnr": vae_metrics["psnr"], "codes_used": vae_metrics["codes_used"],
                 "perplexity": vae_metrics["perplexity"],
-                "attribute_agreement": vae_metrics.get("attribute_agreement")},
+                "attribute_agreement": vae_metrics.get("attribute_agreement"),
+                "attribute_agreement_heldout": vae_metrics.get("attribute_agreement_heldout")},
         "transformer": losses,
         "clip_score": {"first": float(samples.scores[:, 0].mean()),
                        "reranked": float(samples.scores.amax(dim=1).mean()), "real": float(real_scores.mean())},

@@ -11,7 +11,8 @@ value that does not apply is ``null``. Shares are in [0, 1]; losses in nats unle
 - ``settings``: ``seed``, ``num_prompts`` (prompts used), ``samples_per_prompt``,
   ``temperature``, ``top_k``, ``inception_weights`` (path or null), ``device``.
 - ``vae`` (every image of the split through tokens and back): ``psnr`` (dB), ``codes_used``
-  (share of the codebook), ``perplexity``, ``attribute_agreement`` (shapes data; else null).
+  (share of the codebook), ``perplexity``, ``attribute_agreement`` (shapes data; else null),
+  ``attribute_agreement_heldout`` (the same over the images of held-out pairs; null without any).
 - ``transformer`` (the split's first captions and dVAE tokens): ``text_loss``, ``image_loss``,
   ``image_bits_per_token`` (= image_loss / ln 2).
 - ``clip_score`` (mean cosine similarity with the prompt under the run's CLIP): ``first`` (each
@@ -58,7 +59,7 @@ KEYS = ("format", "run", "preset", "dataset", "split", "data", "settings", "vae"
         "fid", "attributes", "rerank_curve", "prompts", "plots", "seconds")
 SECTION_KEYS = {
     "settings": ("seed", "num_prompts", "samples_per_prompt", "temperature", "top_k", "inception_weights", "device"),
-    "vae": ("psnr", "codes_used", "perplexity", "attribute_agreement"),
+    "vae": ("psnr", "codes_used", "perplexity", "attribute_agreement", "attribute_agreement_heldout"),
     "transformer": ("text_loss", "image_loss", "image_bits_per_token"),
     "clip_score": ("first", "reranked", "real"),
     "fid": ("clip", "inception", "images"),
@@ -126,6 +127,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"| dVAE | PSNR (dB) | {_number(vae['psnr'], 2)} |",
         f"| dVAE | codebook used | {_share(vae['codes_used'])} (perplexity {_number(vae['perplexity'], 1)}) |",
         f"| dVAE | attribute agreement | {_share(vae['attribute_agreement'])} |",
+        f"| dVAE | attribute agreement, held-out pairs | {_share(vae['attribute_agreement_heldout'])} |",
         f"| transformer | image loss (bits/token) | {_number(tf['image_bits_per_token'])} |",
         f"| transformer | text loss (nats) | {_number(tf['text_loss'])} |",
         (f"| CLIP score | first sample / reranked / real | {_number(clip['first'])} / {_number(clip['reranked'])} / "

@@ -71,7 +71,7 @@ class VAETrainer(StageTrainer):
     def evaluate(self, model: DiscreteVAE) -> dict[str, Any]:
         """The val reconstruction metrics (:func:`.vae_eval.validate_vae`); saves the grid."""
         result = validate_vae(model, self.data.val, self.data.val_attributes, self.optim.batch_size,
-                              self.precision())
+                              self.precision(), self.config.data.holdout)
         rows = (result.originals, result.reconstructions)
         save_grid(rows, self.run_dir / f"{STAGE}_samples_{self.step:08d}.png")
         save_grid(rows, self.run_dir / f"{STAGE}_samples_latest.png")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Collection
 from typing import Any, NamedTuple
 
 import torch
@@ -17,7 +18,9 @@ GRID_IMAGES = 8  # val images shown in the sample grid
 class VAEValidation(NamedTuple):
     """``metrics``: psnr (dB, mean over the val set), codes_used (fraction of the codebook among
     all val tokens), perplexity (of those tokens' distribution) and, for the shapes data,
-    attribute_agreement (fraction of reconstructions whose read attributes all match).
+    attribute_agreement (fraction of reconstructions whose read attributes all match) and, when
+    some val images show held-out (color, shape) pairs, attribute_agreement_heldout (the same
+    fraction over those images alone).
     ``originals`` and ``reconstructions``: the first ``GRID_IMAGES`` val images, (N, 3, H, W)."""
 
     metrics: dict[str, Any]
@@ -27,15 +30,18 @@ class VAEValidation(NamedTuple):
 
 @torch.no_grad()
 def validate_vae(model: DiscreteVAE, val: Dataset, attributes: list[Attributes] | None, batch_size: int,
-                 precision: contextlib.AbstractContextManager) -> VAEValidation:
+                 precision: contextlib.AbstractContextManager,
+                 holdout: Collection[tuple[str, str]] = ()) -> VAEValidation:
     """Encode every image of ``val`` to tokens (argmax) and decode them again, under the
-    ``precision`` context, in eval mode; ``attributes[i]`` describes ``val[i]`` (or None). Draws
-    nothing from torch's global RNG."""
+    ``precision`` context, in eval mode; ``attributes[i]`` describes ``val[i]`` (or None);
+    ``holdout``: the (color, shape) pairs kept out of training. Draws nothing from torch's
+    global RNG."""
     device = next(model.parameters()).device
     loader = DataLoader(val, batch_size=batch_size, generator=torch.Generator())  # generator: see docstring
     was_training = model.training
     model.eval()
-    seen, psnr_sum, agreeing = 0, 0.0, 0.0
+    seen, psnr_sum = 0, 0.0
+    agreeing = {False: 0.0, True: 0.0}  # held-out pair? -> reconstructions keeping all four attributes
     tokens, originals, reconstructions = [], [], []
     for images, _ in loader:
         images = images.to(device)
@@ -44,7 +50,11 @@ def validate_vae(model: DiscreteVAE, val: Dataset, attributes: list[Attributes] 
             decoded = model.decode(batch_tokens).float()
         psnr_sum += float(psnr(decoded, images).sum())
         if attributes is not None:
-            agreeing += attribute_agreement(decoded, attributes[seen:seen + len(images)]) * len(images)
+            batch = attributes[seen:seen + len(images)]
+            for heldout in (False, True):
+                chosen = [k for k, a in enumerate(batch) if ((a.color, a.shape) in holdout) == heldout]
+                if chosen:
+                    agreeing[heldout] += attribute_agreement(decoded[chosen], [batch[k] for k in chosen]) * len(chosen)
         tokens.append(batch_tokens.cpu())
         shown = max(0, GRID_IMAGES - seen)
         originals.append(images[:shown].cpu())
@@ -54,7 +64,10 @@ def validate_vae(model: DiscreteVAE, val: Dataset, attributes: list[Attributes] 
     usage = codebook_usage(torch.cat(tokens), model.codebook.shape[0])
     metrics = {"psnr": psnr_sum / seen, "codes_used": float(usage.fraction_used), "perplexity": float(usage.perplexity)}
     if attributes is not None:
-        metrics["attribute_agreement"] = agreeing / seen
+        metrics["attribute_agreement"] = (agreeing[False] + agreeing[True]) / seen
+        heldout_count = sum((a.color, a.shape) in holdout for a in attributes[:seen])
+        if heldout_count:
+            metrics["attribute_agreement_heldout"] = agreeing[True] / heldout_count
     return VAEValidation(metrics, torch.cat(originals), torch.cat(reconstructions))
 
 
@@ -64,4 +77,6 @@ def summary(metrics: dict[str, Any]) -> str:
             f"(perplexity {metrics['perplexity']:.1f})")
     if "attribute_agreement" in metrics:
         line += f", attribute agreement {100 * metrics['attribute_agreement']:.1f}%"
+    if "attribute_agreement_heldout" in metrics:
+        line += f" (held-out pairs {100 * metrics['attribute_agreement_heldout']:.1f}%)"
     return line
