@@ -285,7 +285,8 @@ class CLIPConfig(_Section):
     Training images are degraded so that CLIP reads generated (dVAE-decoded, softer and noisier)
     images as it reads clean ones: each is blurred (2x average-pooled, then upsampled) with
     probability ``augment_blur`` and gets Gaussian pixel noise of a standard deviation drawn
-    uniformly from [0, ``augment_noise``]."""
+    uniformly from [0, ``augment_noise``]. The demo trains 1600 steps: at 800, reranking picked a
+    right image for 37.5-50% of the held-out pairs' prompts, at 1600 for 50-56% (four evaluations)."""
 
     width: int
     layers: int
@@ -455,7 +456,7 @@ def _demo() -> Config:
                                       optim=OptimConfig(steps=2_000, batch_size=32, lr=5e-4, warmup_fraction=0.05,
                                                         beta2=0.96)),
         clip=CLIPConfig(width=64, layers=2, heads=4, embed_dim=64, patch_size=8, candidates=32,
-                        optim=OptimConfig(steps=800, batch_size=128, lr=1e-3, warmup_fraction=0.05)),
+                        optim=OptimConfig(steps=1_600, batch_size=128, lr=1e-3, warmup_fraction=0.05)),
         data=DataConfig(train_size=50_000, val_size=1_000, test_size=1_000),
         train=TrainConfig(log_every=20, eval_every=500, checkpoint_every=500),
     )
