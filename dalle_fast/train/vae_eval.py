@@ -42,6 +42,7 @@ def validate_vae(model: DiscreteVAE, val: Dataset, attributes: list[Attributes] 
     model.eval()
     seen, psnr_sum = 0, 0.0
     agreeing = {False: 0.0, True: 0.0}  # held-out pair? -> reconstructions keeping all four attributes
+    counted = {False: 0, True: 0}  # held-out pair? -> images
     tokens, originals, reconstructions = [], [], []
     for images, _ in loader:
         images = images.to(device)
@@ -55,6 +56,7 @@ def validate_vae(model: DiscreteVAE, val: Dataset, attributes: list[Attributes] 
                 chosen = [k for k, a in enumerate(batch) if ((a.color, a.shape) in holdout) == heldout]
                 if chosen:
                     agreeing[heldout] += attribute_agreement(decoded[chosen], [batch[k] for k in chosen]) * len(chosen)
+                    counted[heldout] += len(chosen)
         tokens.append(batch_tokens.cpu())
         shown = max(0, GRID_IMAGES - seen)
         originals.append(images[:shown].cpu())
@@ -65,9 +67,8 @@ def validate_vae(model: DiscreteVAE, val: Dataset, attributes: list[Attributes] 
     metrics = {"psnr": psnr_sum / seen, "codes_used": float(usage.fraction_used), "perplexity": float(usage.perplexity)}
     if attributes is not None:
         metrics["attribute_agreement"] = (agreeing[False] + agreeing[True]) / seen
-        heldout_count = sum((a.color, a.shape) in holdout for a in attributes[:seen])
-        if heldout_count:
-            metrics["attribute_agreement_heldout"] = agreeing[True] / heldout_count
+        if counted[True]:
+            metrics["attribute_agreement_heldout"] = agreeing[True] / counted[True]
     return VAEValidation(metrics, torch.cat(originals), torch.cat(reconstructions))
 
 
