@@ -179,6 +179,11 @@ class VAEConfig(_Section):
     logit-Laplace decoder spends its capacity sharpening the white background (its learned scale
     weights those pixels most) and the codes never learn color (demo: 21 dB, 2% of the
     reconstructions with all four attributes right, against 34.4 dB and 95.1% with the Gaussian).
+
+    ``augment_shift`` and ``augment_composite`` are not in the paper (0 there): training images
+    are translated as a batch by up to ``augment_shift`` px, and each is, with probability
+    ``augment_composite``, min-blended with another image of the batch (two objects on white);
+    see :mod:`dalle_fast.train.vae_augment` for why the demo needs them.
     """
 
     image_size: int
@@ -197,6 +202,8 @@ class VAEConfig(_Section):
     usage_weight: float = 0.0
     reconstruction: Literal["logit_laplace", "gaussian"] = "logit_laplace"
     gaussian_sigma: float = 0.0707
+    augment_shift: int = 0
+    augment_composite: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -219,6 +226,8 @@ class VAEConfig(_Section):
         self._require("logit_laplace_eps", 0 <= self.logit_laplace_eps < 0.5, "in [0, 0.5)")
         self._require("usage_weight", self.usage_weight >= 0, ">= 0")
         self._require("gaussian_sigma", self.gaussian_sigma > 0, "> 0")
+        self._require("augment_shift", 0 <= self.augment_shift < self.image_size, "in [0, image_size)")
+        self._require("augment_composite", 0 <= self.augment_composite <= 1, "in [0, 1]")
 
     @property
     def downsample(self) -> int:

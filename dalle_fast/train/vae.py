@@ -2,7 +2,8 @@
 loop of :mod:`.loop` (cadence, checkpoints and exact resume are described there).
 
 Every step takes its temperature, KL weight and learning rate from
-:func:`dalle_fast.schedules.vae_schedule`. Every eval reconstructs the val split through tokens
+:func:`dalle_fast.schedules.vae_schedule`, and augments its images as the config says
+(:mod:`.vae_augment`). Every eval reconstructs the val split through tokens
 (:mod:`.vae_eval`), logs its metrics and saves a grid of originals above their reconstructions
 as ``vae_samples_<step>.png`` and ``vae_samples_latest.png``.
 """
@@ -20,6 +21,7 @@ from ..metrics import codebook_usage
 from ..schedules import VAESchedule, vae_schedule
 from .data import TrainData
 from .loop import StageTrainer, trained_weights
+from .vae_augment import augment
 from .vae_eval import summary, validate_vae
 
 STAGE = "vae"
@@ -60,7 +62,8 @@ class VAETrainer(StageTrainer):
 
     def forward(self, batch: tuple[torch.Tensor, Any], settings: VAESchedule) -> VAEOutput:
         images, _ = batch
-        return self.model(images.to(self.device, non_blocking=True), settings.tau, settings.kl_weight)
+        images = augment(images.to(self.device, non_blocking=True), self.config.vae)
+        return self.model(images, settings.tau, settings.kl_weight)
 
     def train_metrics(self, output: VAEOutput) -> dict[str, float]:
         """The batch's loss terms and token usage."""
