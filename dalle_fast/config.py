@@ -183,7 +183,8 @@ class VAEConfig(_Section):
     ``augment_shift`` and ``augment_composite`` are not in the paper (0 there): training images
     are translated as a batch by up to ``augment_shift`` px, and each is, with probability
     ``augment_composite``, min-blended with another image of the batch (two objects on white);
-    see :mod:`dalle_fast.train.vae_augment` for why the demo needs them.
+    no preset turns them on yet; :mod:`dalle_fast.train.vae_augment` says why they exist and what
+    they measured on the demo.
     """
 
     image_size: int

@@ -10,6 +10,15 @@ objects at other offsets from the grid, so codes must describe local pieces of e
 that every shape shares; compositing two images gives each batch more objects (and contexts) to
 learn from per update.
 
+Measured on the demo dVAE (2000 steps), before it went in here, by a loop over the 504 distinct
+train images whose composite partner was another random image, left unshifted, scored on all 576
+images of the shapes data. Without either augmentation, 99.6% of the held-in images and 70.8% of the
+held-out-pair images keep all four attributes. With a shift of 3 px, composite 0.5 and
+``gaussian_sigma=0.05``, held-out pairs reach 84.7% / 90.3% (seeds 0 / 1), but small triangles
+come back rounded, so held-in falls to 97.0% / 99.0%. The same settings in the demo's own stage
+(this module) gave 86.3% on the val split (held-out pairs 78.0%), against 95.1% without them, so
+no preset turns them on yet.
+
 Both draw from torch's global RNG, which checkpoints save: resuming stays exact. Under
 ``torchrun`` every process draws the same shift (their RNG states are equal), so a global batch
 moves as one.
