@@ -205,6 +205,8 @@ class VAEConfig(_Section):
     gaussian_sigma: float = 0.0707
     augment_shift: int = 0
     augment_composite: float = 0.0
+    decoder_finetune_fraction: float = 0.0
+    decoder_finetune_lr: float = 5e-4
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -229,6 +231,8 @@ class VAEConfig(_Section):
         self._require("gaussian_sigma", self.gaussian_sigma > 0, "> 0")
         self._require("augment_shift", 0 <= self.augment_shift < self.image_size, "in [0, image_size)")
         self._require("augment_composite", 0 <= self.augment_composite <= 1, "in [0, 1]")
+        self._require("decoder_finetune_fraction", 0 <= self.decoder_finetune_fraction < 1, "in [0, 1)")
+        self._require("decoder_finetune_lr", self.decoder_finetune_lr > 0, "> 0")
 
     @property
     def downsample(self) -> int:
@@ -459,8 +463,9 @@ def _demo() -> Config:
         name="demo",
         vae=VAEConfig(image_size=64, grid_size=8, codebook_size=512, hidden=16, blocks_per_group=1,
                       codebook_dim=64, kl_warmup_fraction=0.05, tau_anneal_fraction=0.5, usage_weight=1.0,
-                      reconstruction="gaussian",
-                      optim=OptimConfig(steps=2_000, batch_size=32, lr=2e-3, lr_min=2e-5, weight_decay=1e-4)),
+                      reconstruction="gaussian", gaussian_sigma=0.05, augment_shift=3, augment_composite=0.5,
+                      decoder_finetune_fraction=250 / 2_250,
+                      optim=OptimConfig(steps=2_250, batch_size=32, lr=2e-3, lr_min=2e-5, weight_decay=1e-4)),
         transformer=TransformerConfig(layers=4, heads=4, head_dim=32, text_len=32, text_vocab=1_024,
                                       conv_kernel=3, dropout=0.1,
                                       optim=OptimConfig(steps=2_000, batch_size=32, lr=5e-4, warmup_fraction=0.05,

@@ -20,17 +20,18 @@ from .dvae_nets import IMAGE_CHANNELS, Decoder, Encoder
 
 
 class VAEOutput(NamedTuple):
-    """What :meth:`DiscreteVAE.forward` returns.
+    """What :meth:`DiscreteVAE.forward` and :meth:`DiscreteVAE.decoder_forward` return.
 
-    loss: scalar, the negative ELBO with its KL weighted by ``kl_weight`` (the paper's beta), per
-    pixel-channel (the likelihood is ``VAEConfig.reconstruction``'s), plus the codebook usage term: ``recon_loss + kl_weight * latents_per_pixel * kl
-    + usage_weight * marginal_kl`` (see :attr:`DiscreteVAE.latents_per_pixel` and
-    ``VAEConfig.usage_weight``). recon_loss: scalar, the negative
-    log-likelihood of the mapped pixels (logit-Laplace, or Gaussian without its constant), mean per pixel-channel, in nats. kl: scalar, KL of the
-    encoder's softmax to the uniform prior, mean per latent position, in nats. marginal_kl:
-    scalar, KL of the batch's mean softmax to the uniform prior (0 when every code is used
-    equally on average), in nats. logits:
-    (B, K, g, g). reconstruction: (B, 3, H, W) in [0, 1], the decoded image.
+    loss: scalar. From ``forward``, the negative ELBO with its KL weighted by ``kl_weight`` (the
+    paper's beta), per pixel-channel (the likelihood is ``VAEConfig.reconstruction``'s), plus the
+    codebook usage term: ``recon_loss + kl_weight * latents_per_pixel * kl + usage_weight *
+    marginal_kl`` (see :attr:`DiscreteVAE.latents_per_pixel` and ``VAEConfig.usage_weight``); from
+    ``decoder_forward``, ``recon_loss`` alone. recon_loss: scalar, the negative log-likelihood of
+    the mapped pixels (logit-Laplace, or Gaussian without its constant), mean per pixel-channel,
+    in nats. kl: scalar, KL of the encoder's softmax to the uniform prior, mean per latent
+    position, in nats. marginal_kl: scalar, KL of the batch's mean softmax to the uniform prior
+    (0 when every code is used equally on average), in nats. logits: (B, K, g, g).
+    reconstruction: (B, 3, H, W) in [0, 1], the decoded image.
     """
 
     loss: torch.Tensor
@@ -89,17 +90,33 @@ class DiscreteVAE(nn.Module):
             raise ValueError(f"kl_weight: must be finite and >= 0, got {kl_weight!r}")
         logits = self.logits(images)
         codes = dk.gumbel_softmax_codebook(logits, self.codebook, tau, hard, dim=1, noise=noise)
+        return self._output(images, logits, codes, kl_weight * self.latents_per_pixel, self.config.vae.usage_weight)
+
+    def decoder_forward(self, images: torch.Tensor) -> VAEOutput:
+        """One decoder fine-tuning evaluation (``VAEConfig.decoder_finetune_fraction``): the
+        encoder frozen (no gradient reaches it), the decoder fed the codes of the argmax tokens,
+        exactly what :meth:`decode` feeds it, and the loss the reconstruction term alone.
+        images (B, 3, H, W) in [0, 1]. See :class:`VAEOutput`."""
+        with torch.no_grad():
+            logits = self.logits(images)
+        codes = dk.codebook_lookup(logits.argmax(dim=1), self.codebook, dim=1)
+        return self._output(images, logits, codes, 0.0, 0.0)
+
+    def _output(self, images: torch.Tensor, logits: torch.Tensor, codes: torch.Tensor, kl_scale: float,
+                usage_weight: float) -> VAEOutput:
+        """Decode ``codes`` (B, D, g, g) and score them against ``images``: the loss is the
+        reconstruction term plus ``kl_scale`` times the KL and ``usage_weight`` times the marginal
+        KL of ``logits`` (B, K, g, g)."""
         stats = self.decoder(codes)
-        eps = self.config.vae.logit_laplace_eps
-        target = map_pixels(images, eps)
         vae = self.config.vae
+        target = map_pixels(images, vae.logit_laplace_eps)
         if vae.reconstruction == "gaussian":
             recon_loss = gaussian_nll(stats, target, vae.gaussian_sigma).mean()
         else:
             recon_loss = logit_laplace_nll(stats, target).mean()
         kl = kl_to_uniform(logits, dim=1).mean()
         marginal_kl = marginal_kl_to_uniform(logits, dim=1)
-        loss = recon_loss + kl_weight * self.latents_per_pixel * kl + self.config.vae.usage_weight * marginal_kl
+        loss = recon_loss + kl_scale * kl + usage_weight * marginal_kl
         return VAEOutput(loss, recon_loss, kl, marginal_kl, logits, self._reconstruction(stats))
 
     @torch.no_grad()

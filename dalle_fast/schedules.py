@@ -7,6 +7,7 @@ anneals from ``tau_start`` (1) to ``tau_end`` (1/16), the KL weight rises from 0
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import operator
 from typing import NamedTuple
@@ -15,11 +16,13 @@ from .config import OptimConfig, VAEConfig
 
 
 class VAESchedule(NamedTuple):
-    """The dVAE's scheduled values for one update: Gumbel-softmax temperature, KL weight, learning rate."""
+    """The dVAE's scheduled values for one update: Gumbel-softmax temperature, KL weight, learning
+    rate, and whether the update trains the decoder alone (``VAEConfig.decoder_finetune_fraction``)."""
 
     tau: float
     kl_weight: float
     lr: float
+    decoder_only: bool = False
 
 
 def _check_step(step: int, name: str = "step") -> int:
@@ -57,11 +60,26 @@ def learning_rate(optim: OptimConfig, step: int) -> float:
     return cosine(optim.lr, optim.lr_min, step - warmup, optim.steps - warmup)
 
 
-def vae_schedule(vae: VAEConfig, step: int) -> VAESchedule:
-    """The dVAE's temperature, KL weight and learning rate for update ``step`` (0-based)."""
+def decoder_finetune_start(vae: VAEConfig) -> int:
+    """The first update of the dVAE's decoder fine-tuning: the last
+    ``decoder_finetune_fraction`` of ``optim.steps`` (at least one update trains the whole model)."""
     steps = vae.optim.steps
+    return steps - min(fraction_of(steps, vae.decoder_finetune_fraction), steps - 1)
+
+
+def vae_schedule(vae: VAEConfig, step: int) -> VAESchedule:
+    """The dVAE's temperature, KL weight and learning rate for update ``step`` (0-based). The
+    temperature and KL weight follow their cosines over the whole run; the learning rate follows
+    :func:`learning_rate` up to :func:`decoder_finetune_start`, then a fresh cosine from
+    ``decoder_finetune_lr`` to ``optim.lr_min`` over the fine-tuning updates."""
+    step, steps, start = _check_step(step), vae.optim.steps, decoder_finetune_start(vae)
+    if step < start:
+        lr = learning_rate(dataclasses.replace(vae.optim, steps=start), step)
+    else:
+        lr = cosine(vae.decoder_finetune_lr, vae.optim.lr_min, step - start, steps - start)
     return VAESchedule(
         tau=cosine(vae.tau_start, vae.tau_end, step, fraction_of(steps, vae.tau_anneal_fraction)),
         kl_weight=cosine(0.0, vae.kl_weight, step, fraction_of(steps, vae.kl_warmup_fraction)),
-        lr=learning_rate(vae.optim, step),
+        lr=lr,
+        decoder_only=start <= step and start < steps,
     )

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+from safetensors.torch import load_file
 from stage_runs import one_thread, records, run_main  # noqa: F401 - a fixture
 
 import dalle_fast.train.loop
@@ -165,3 +166,26 @@ def test_a_global_batch_the_processes_cannot_share_is_refused(prepared: Path, tm
     assert f"batch_size {BATCH} (the global batch) must be a multiple of the number of processes, 3" in \
         capsys.readouterr().err
     assert not list(run_dir.glob("dalle-*"))
+
+
+def test_torchrun_vae_stage_fine_tunes_the_decoder_with_the_encoder_frozen(tmp_path: Path) -> None:
+    """The encoder gets no gradient in the decoder fine-tuning steps: DDP must expect that
+    (``find_unused_parameters``) or its second such step fails."""
+    config = preset("tiny")
+    vae = dataclasses.replace(config.vae, decoder_finetune_fraction=0.5,
+                              optim=dataclasses.replace(config.vae.optim, steps=4, batch_size=BATCH))
+    config = dataclasses.replace(config, vae=vae, data=dataclasses.replace(config.data, train_size=48, val_size=16),
+                                 train=dataclasses.replace(config.train, log_every=1, eval_every=4,
+                                                           checkpoint_every=2))
+    run_dir = tmp_path / "run"
+    config.save(run_dir)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "-m", "dalle_fast.train", "--stage", "vae", "--resume", "--out", str(run_dir)],
+                            capture_output=True, text=True, timeout=120, env=env, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [r["decoder_only"] for r in records(run_dir, "vae") if r["split"] == "train"] == [False, False, True, True]
+    at_2 = load_file(run_dir / "vae-00000002.safetensors")
+    final = load_checkpoint(run_dir, "vae").weights
+    assert all(torch.equal(final[name], at_2[name]) for name in final if name.startswith("encoder."))
+    assert not torch.equal(final["decoder.codebook_conv.weight"], at_2["decoder.codebook_conv.weight"])

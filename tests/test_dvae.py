@@ -161,6 +161,25 @@ def test_gradients_reach_encoder_decoder_and_codebook(hard):
     assert model.decoder.codebook_conv.weight.grad.abs().sum() > 0
 
 
+def test_decoder_forward_trains_the_decoder_alone_on_the_argmax_tokens(tiny_with_biases):
+    """Fine-tuning the decoder: it decodes exactly what ``decode(encode(x))`` does, its loss is
+    the reconstruction term, and no gradient reaches the encoder."""
+    model = tiny_with_biases
+    x = images(model, 4)
+    out = model.decoder_forward(x)
+    torch.testing.assert_close(out.reconstruction, model.decode(model.encode(x)), rtol=1e-5, atol=1e-5)
+    stats, target, vae = model.decoder(model.codebook[model.encode(x)].permute(0, 3, 1, 2)), map_pixels(x, EPS), model.config.vae
+    nll = gaussian_nll(stats, target, vae.gaussian_sigma) if vae.reconstruction == "gaussian" else logit_laplace_nll(stats, target)
+    torch.testing.assert_close(out.loss, nll.mean())
+    assert torch.equal(out.loss, out.recon_loss)
+    model.zero_grad(set_to_none=True)
+    out.loss.backward()
+    assert all(p.grad is None for p in model.encoder.parameters())
+    assert all(p.grad is not None for p in model.decoder.parameters())
+    assert model.decoder.codebook_conv.weight.grad.abs().sum() > 0
+    model.zero_grad(set_to_none=True)
+
+
 def test_kl_is_zero_for_uniform_logits_and_log_k_for_one_hot(tiny):
     k = tiny.config.vae.codebook_size
     out_conv = tiny.encoder.net[-1]  # the 1x1 conv to the logits

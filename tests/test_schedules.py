@@ -31,13 +31,13 @@ def test_cosine_is_monotone(start, end):
 def test_paper_preset_schedules_are_the_papers():
     """KL weight 0 -> 6.6 over the first 5000 updates, tau 1 -> 1/16 over the first 150000."""
     vae = preset("paper").vae
-    assert vae_schedule(vae, 0) == (1.0, 0.0, vae.optim.lr)
+    assert vae_schedule(vae, 0) == (1.0, 0.0, vae.optim.lr, False)
     assert vae_schedule(vae, 2_500).kl_weight == pytest.approx(3.3)
     assert vae_schedule(vae, 5_000).kl_weight == 6.6
     assert vae_schedule(vae, 75_000).tau == pytest.approx((1 + 1 / 16) / 2)
     assert vae_schedule(vae, 150_000).tau == 1 / 16
     assert vae_schedule(vae, 1_500_000).lr == pytest.approx((1e-4 + 1.25e-6) / 2)
-    assert vae_schedule(vae, 3_000_000) == (1 / 16, 6.6, 1.25e-6)
+    assert vae_schedule(vae, 3_000_000) == (1 / 16, 6.6, 1.25e-6, False)
 
 
 def test_tiny_schedule_values():
@@ -49,6 +49,23 @@ def test_tiny_schedule_values():
                for a, b in itertools.pairwise(schedules))
     assert schedules[150].tau == schedules[-1].tau == vae.tau_end
     assert schedules[-1].lr == vae.optim.lr_min
+
+
+def test_decoder_finetuning_takes_the_last_fraction_of_the_steps_with_a_cosine_of_its_own():
+    plain = preset("tiny").vae  # 300 steps
+    vae = dataclasses.replace(plain, decoder_finetune_fraction=0.2, decoder_finetune_lr=3e-4)  # the last 60
+    schedules = [vae_schedule(vae, step) for step in range(301)]
+    assert [s.decoder_only for s in schedules[:300]] == [False] * 240 + [True] * 60
+    main_phase = dataclasses.replace(vae.optim, steps=240)
+    assert [s.lr for s in schedules[:240]] == [learning_rate(main_phase, step) for step in range(240)]
+    assert schedules[240].lr == 3e-4
+    assert schedules[270].lr == pytest.approx((3e-4 + vae.optim.lr_min) / 2)
+    assert schedules[300].lr == vae.optim.lr_min
+    assert [(s.tau, s.kl_weight) for s in schedules] == [vae_schedule(plain, step)[:2] for step in range(301)]
+    assert not any(vae_schedule(plain, step).decoder_only for step in range(301))
+    one_step = dataclasses.replace(vae, decoder_finetune_fraction=0.9,
+                                   optim=dataclasses.replace(vae.optim, steps=1))
+    assert not vae_schedule(one_step, 0).decoder_only  # at least one update trains the whole model
 
 
 def test_learning_rate_warms_up_linearly_then_decays_along_a_cosine():

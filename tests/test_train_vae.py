@@ -25,6 +25,7 @@ from stage_runs import check_exact_resume, one_thread, records, resume_config, r
 
 import dalle_fast.atomic
 import dalle_fast.train.vae
+from dalle_fast.train.vae_augment import augment
 from dalle_fast.checkpoint import KEEP, Checkpoint, load_checkpoint, save_checkpoint
 from dalle_fast.config import Config, preset
 from dalle_fast.data import ShapesDataset
@@ -36,7 +37,7 @@ from dalle_fast.train.data import IndexStream
 from dalle_fast.train.vae_eval import GRID_IMAGES
 
 FIXTURES = Path(__file__).parent / "fixtures"
-TRAIN_KEYS = {"stage", "split", "step", "loss", "recon", "kl", "marginal_kl", "tau", "kl_weight", "lr", "perplexity", "codes_used",
+TRAIN_KEYS = {"stage", "split", "step", "loss", "recon", "kl", "marginal_kl", "tau", "kl_weight", "lr", "decoder_only", "perplexity", "codes_used",
               "seconds"}
 VAL_KEYS = {"stage", "split", "step", "psnr", "codes_used", "perplexity", "attribute_agreement",
             "attribute_agreement_heldout", "seconds"}
@@ -157,6 +158,34 @@ def test_help_runs_as_a_module(tmp_path: Path) -> None:
 
 def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tmp_path: Path, monkeypatch) -> None:
     check_exact_resume(resume_config("vae"), "vae", tmp_path, monkeypatch, dalle_fast.train.vae, "vae_schedule")
+
+
+def test_decoder_finetuning_freezes_the_encoder_skips_augmentation_and_resumes_exactly(tmp_path: Path,
+                                                                                       monkeypatch) -> None:
+    """8 steps, the last 4 fine-tuning the decoder, with augmentation on; the run crashes in
+    update 6 and resumes from the step-4 checkpoint (see ``check_exact_resume``)."""
+    config = resume_config("vae")
+    config = dataclasses.replace(config, vae=dataclasses.replace(
+        config.vae, decoder_finetune_fraction=0.5, augment_shift=2, augment_composite=0.5))
+    augmented_batches = []
+
+    def counting(images, vae):
+        augmented_batches.append(len(images))
+        return augment(images, vae)
+
+    monkeypatch.setattr(dalle_fast.train.vae, "augment", counting)
+    final = check_exact_resume(config, "vae", tmp_path, monkeypatch, dalle_fast.train.vae, "vae_schedule")
+    # steps 0-3 of the straight run and of the crashed run; no fine-tuning step augments
+    assert augmented_batches == [32] * 8
+    at_4 = load_file(tmp_path / "straight" / "vae-00000004.safetensors")
+    for name, weight in final.weights.items():
+        if name.startswith("encoder."):
+            assert torch.equal(weight, at_4[name]), name
+        elif name.startswith("decoder.") and name.endswith(".weight"):
+            assert not torch.equal(weight, at_4[name]), name
+    train_records = [r for r in records(tmp_path / "straight", "vae") if r["split"] == "train"]
+    assert [r["decoder_only"] for r in train_records] == [False, False, True, True]  # steps 2, 4, 6, 8
+    assert all(r["loss"] == r["recon"] for r in train_records[2:])
 
 
 def fake_checkpoint(step: int) -> Checkpoint:

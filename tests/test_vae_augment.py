@@ -42,17 +42,17 @@ def test_shift_moves_the_whole_batch_by_one_offset_and_reaches_every_offset(max_
 def test_zero_shift_and_zero_probability_leave_images_and_the_rng_alone() -> None:
     images = torch.rand(4, 3, 8, 8)
     state = torch.get_rng_state()
-    assert shift_batch(images, 0) is images and composite(images, 0.0) is images
+    assert shift_batch(images, 0) is images and composite(images, images.flip(0), 0.0) is images
     assert augment(images, preset("tiny").vae) is images  # tiny augments nothing
     assert torch.equal(torch.get_rng_state(), state)
 
 
-def test_composite_takes_the_minimum_with_the_next_image_for_the_chosen_ones() -> None:
+def test_composite_takes_the_minimum_with_the_partner_for_the_chosen_ones() -> None:
     torch.manual_seed(1)
-    images = torch.rand(2_000, 3, 2, 2)
-    blended = torch.minimum(images, torch.cat([images[1:], images[:1]]))
-    assert torch.equal(composite(images, 1.0), blended)
-    out = composite(images, 0.3)
+    images, partners = torch.rand(2, 2_000, 3, 2, 2)
+    blended = torch.minimum(images, partners)
+    assert torch.equal(composite(images, partners, 1.0), blended)
+    out = composite(images, partners, 0.3)
     is_blended = (out == blended).flatten(1).all(1)
     is_original = (out == images).flatten(1).all(1)
     assert bool((is_blended | is_original).all())
@@ -60,14 +60,15 @@ def test_composite_takes_the_minimum_with_the_next_image_for_the_chosen_ones() -
     assert 0.25 < float(strictly_blended.float().mean()) < 0.35
 
 
-def test_augment_composites_then_shifts_as_the_config_says() -> None:
+def test_augment_shifts_then_composites_with_the_next_image_unshifted() -> None:
     vae = dataclasses.replace(preset("tiny").vae, augment_shift=2, augment_composite=1.0)
     images = torch.rand(3, 3, 32, 32)
     torch.manual_seed(5)
     out = augment(images, vae)
     torch.manual_seed(5)
-    torch.rand(3)  # the composite's draw
-    expected = shift_batch(torch.minimum(images, images.roll(-1, 0)), 2)
+    shifted = shift_batch(images, 2)
+    assert not torch.equal(shifted, images)  # seed 5 draws a nonzero offset
+    expected = torch.minimum(shifted, torch.cat([images[1:], images[:1]]))
     assert torch.equal(out, expected)
 
 

@@ -109,6 +109,11 @@ class StageTrainer(ABC):
         """What the optimizer trains (parameters or parameter groups). Default: every parameter."""
         return self.model.parameters()
 
+    def updates_skip_parameters(self) -> bool:
+        """Whether some updates leave some parameters without a gradient (frozen for a phase), so
+        that ``DistributedDataParallel`` must look for them every step. Default: no."""
+        return False
+
     def precision(self) -> Any:
         """The forward pass's precision context (``config.train.precision`` on this device)."""
         return autocast(self.config.train.precision, self.device)
@@ -170,7 +175,8 @@ class StageTrainer(ABC):
         calling it runs the stage's forward on this process's slice, and the backward pass then
         averages the gradients of every process."""
         device_ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(_StageForward(self.model, self.forward), device_ids=device_ids)
+        return DistributedDataParallel(_StageForward(self.model, self.forward), device_ids=device_ids,
+                                       find_unused_parameters=self.updates_skip_parameters())
 
     def append(self, split: str, metrics: dict[str, Any]) -> None:
         """Add a ``split`` record of ``metrics`` at the current step to ``metrics.jsonl`` (rank 0 only)."""

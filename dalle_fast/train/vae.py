@@ -3,7 +3,8 @@ loop of :mod:`.loop` (cadence, checkpoints and exact resume are described there)
 
 Every step takes its temperature, KL weight and learning rate from
 :func:`dalle_fast.schedules.vae_schedule`, and augments its images as the config says
-(:mod:`.vae_augment`). Every eval reconstructs the val split through tokens
+(:mod:`.vae_augment`). The last ``decoder_finetune_fraction`` of the steps train the decoder
+alone, on the argmax tokens of un-augmented images (:meth:`~dalle_fast.dvae.DiscreteVAE.decoder_forward`). Every eval reconstructs the val split through tokens
 (:mod:`.vae_eval`), logs its metrics and saves a grid of originals above their reconstructions
 as ``vae_samples_<step>.png`` and ``vae_samples_latest.png``.
 """
@@ -18,7 +19,7 @@ from ..config import Config
 from ..dvae import DiscreteVAE, VAEOutput
 from ..grid import save_grid
 from ..metrics import codebook_usage
-from ..schedules import VAESchedule, vae_schedule
+from ..schedules import VAESchedule, decoder_finetune_start, vae_schedule
 from .data import TrainData
 from .loop import StageTrainer, trained_weights
 from .vae_augment import augment
@@ -60,10 +61,16 @@ class VAETrainer(StageTrainer):
     def settings(self, step: int) -> VAESchedule:
         return vae_schedule(self.config.vae, step)
 
+    def updates_skip_parameters(self) -> bool:
+        """The encoder gets no gradient while the decoder is fine-tuned."""
+        return decoder_finetune_start(self.config.vae) < self.optim.steps
+
     def forward(self, batch: tuple[torch.Tensor, Any], settings: VAESchedule) -> VAEOutput:
         images, _ = batch
-        images = augment(images.to(self.device, non_blocking=True), self.config.vae)
-        return self.model(images, settings.tau, settings.kl_weight)
+        images = images.to(self.device, non_blocking=True)
+        if settings.decoder_only:
+            return self.model.decoder_forward(images)
+        return self.model(augment(images, self.config.vae), settings.tau, settings.kl_weight)
 
     def train_metrics(self, output: VAEOutput) -> dict[str, float]:
         """The batch's loss terms and token usage."""

@@ -42,18 +42,20 @@ def shift_batch(images: torch.Tensor, max_shift: int) -> torch.Tensor:
     return padded[..., dy:dy + height, dx:dx + width]
 
 
-def composite(images: torch.Tensor, probability: float) -> torch.Tensor:
-    """(B, C, H, W) -> (B, C, H, W): each image, with ``probability``, replaced by the pixel-wise
-    minimum of itself and the next image of the batch (the last pairs with the first). On a white
-    background that draws both images' objects (darker where they overlap), so it suits data of
-    objects on white, like shapes, not photographs."""
+def composite(images: torch.Tensor, partners: torch.Tensor, probability: float) -> torch.Tensor:
+    """(B, C, H, W), (B, C, H, W) -> (B, C, H, W): each image, with ``probability``, replaced by the
+    pixel-wise minimum of itself and its partner. On a white background that draws both images'
+    objects (darker where they overlap), so it suits data of objects on white, like shapes, not
+    photographs."""
     if probability == 0:
         return images
     chosen = (torch.rand(len(images)) < probability).to(images.device)
-    return torch.where(chosen[:, None, None, None], torch.minimum(images, images.roll(-1, 0)), images)
+    return torch.where(chosen[:, None, None, None], torch.minimum(images, partners), images)
 
 
 def augment(images: torch.Tensor, vae: VAEConfig) -> torch.Tensor:
-    """The dVAE's training images (B, 3, H, W) in [0, 1], augmented as ``vae`` says: composited
-    (:func:`composite`), then shifted (:func:`shift_batch`)."""
-    return shift_batch(composite(images, vae.augment_composite), vae.augment_shift)
+    """The dVAE's training images (B, 3, H, W) in [0, 1], augmented as ``vae`` says: shifted
+    (:func:`shift_batch`), then composited (:func:`composite`) with the next image of the batch
+    (the last pairs with the first) left where it was, so a composite holds an object off the
+    token grid beside one on it."""
+    return composite(shift_batch(images, vae.augment_shift), images.roll(-1, 0), vae.augment_composite)
