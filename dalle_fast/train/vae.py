@@ -4,9 +4,10 @@ loop of :mod:`.loop` (cadence, checkpoints and exact resume are described there)
 Every step takes its temperature, KL weight and learning rate from
 :func:`dalle_fast.schedules.vae_schedule`, and augments its images as the config says
 (:mod:`.vae_augment`). The last ``decoder_finetune_fraction`` of the steps train the decoder
-alone, on the argmax tokens of un-augmented images (:meth:`~dalle_fast.dvae.DiscreteVAE.decoder_forward`). Every eval reconstructs the val split through tokens
-(:mod:`.vae_eval`), logs its metrics and saves a grid of originals above their reconstructions
-as ``vae_samples_<step>.png`` and ``vae_samples_latest.png``.
+alone, on the argmax tokens of un-augmented images
+(:meth:`~dalle_fast.dvae.DiscreteVAE.decoder_forward`). Every eval reconstructs the val split
+through tokens (:mod:`.vae_eval`), logs its metrics and saves a grid of originals above their
+reconstructions as ``vae_samples_<step>.png`` and ``vae_samples_latest.png``.
 """
 from __future__ import annotations
 
