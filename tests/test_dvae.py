@@ -168,8 +168,12 @@ def test_decoder_forward_trains_the_decoder_alone_on_the_argmax_tokens(tiny_with
     x = images(model, 4)
     out = model.decoder_forward(x)
     torch.testing.assert_close(out.reconstruction, model.decode(model.encode(x)), rtol=1e-5, atol=1e-5)
-    stats, target, vae = model.decoder(model.codebook[model.encode(x)].permute(0, 3, 1, 2)), map_pixels(x, EPS), model.config.vae
-    nll = gaussian_nll(stats, target, vae.gaussian_sigma) if vae.reconstruction == "gaussian" else logit_laplace_nll(stats, target)
+    stats = model.decoder(model.codebook[model.encode(x)].permute(0, 3, 1, 2))  # (B, 6, H, W)
+    target, vae = map_pixels(x, EPS), model.config.vae
+    if vae.reconstruction == "gaussian":
+        nll = gaussian_nll(stats, target, vae.gaussian_sigma)
+    else:
+        nll = logit_laplace_nll(stats, target)
     torch.testing.assert_close(out.loss, nll.mean())
     assert torch.equal(out.loss, out.recon_loss)
     model.zero_grad(set_to_none=True)

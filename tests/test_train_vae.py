@@ -25,7 +25,6 @@ from stage_runs import check_exact_resume, one_thread, records, resume_config, r
 
 import dalle_fast.atomic
 import dalle_fast.train.vae
-from dalle_fast.train.vae_augment import augment
 from dalle_fast.checkpoint import KEEP, Checkpoint, load_checkpoint, save_checkpoint
 from dalle_fast.config import Config, preset
 from dalle_fast.data import ShapesDataset
@@ -34,11 +33,12 @@ from dalle_fast.ema import EMA
 from dalle_fast.grid import PADDING
 from dalle_fast.train import main
 from dalle_fast.train.data import IndexStream
+from dalle_fast.train.vae_augment import augment
 from dalle_fast.train.vae_eval import GRID_IMAGES
 
 FIXTURES = Path(__file__).parent / "fixtures"
-TRAIN_KEYS = {"stage", "split", "step", "loss", "recon", "kl", "marginal_kl", "tau", "kl_weight", "lr", "decoder_only", "perplexity", "codes_used",
-              "seconds"}
+TRAIN_KEYS = {"stage", "split", "step", "loss", "recon", "kl", "marginal_kl", "tau", "kl_weight", "lr", "decoder_only",
+              "perplexity", "codes_used", "seconds"}
 VAL_KEYS = {"stage", "split", "step", "psnr", "codes_used", "perplexity", "attribute_agreement",
             "attribute_agreement_heldout", "seconds"}
 STEPS = 4  # of the shared CLI run
