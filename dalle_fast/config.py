@@ -184,7 +184,8 @@ class VAEConfig(_Section):
     ``augment_shift``, ``augment_composite`` and ``decoder_finetune_fraction`` are not in the
     paper (0 there). Training images are translated as a batch by up to ``augment_shift`` px, and
     each is, with probability ``augment_composite``, min-blended with another image of the batch
-    (two objects on white); :mod:`dalle_fast.train.vae_augment` says why. The last
+    (two objects on white; the shapes data only, which :class:`Config` checks);
+    :mod:`dalle_fast.train.vae_augment` says why. The last
     ``decoder_finetune_fraction`` of the steps then train the decoder alone, the encoder frozen,
     on the argmax tokens of un-augmented images, its learning rate a fresh cosine from
     ``decoder_finetune_lr`` to ``optim.lr_min``: after training the decoder only ever sees argmax
@@ -360,6 +361,9 @@ class Config(_Section):
         super().__post_init__()
         if self.image_size % self.clip.patch_size:
             self._fail("clip", f"patch_size {self.clip.patch_size} must divide the image size {self.image_size}")
+        if self.vae.augment_composite and self.data.dataset != "shapes":
+            self._fail("vae", f"augment_composite {self.vae.augment_composite} min-blends images of objects on "
+                              f"white and is for the shapes data only, but data.dataset is {self.data.dataset!r}")
 
     @property
     def image_size(self) -> int:
@@ -535,3 +539,12 @@ def preset(name: str) -> Config:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; the presets are {', '.join(PRESETS)}")
     return PRESETS[name]()
+
+
+def with_dataset(config: Config, dataset: str) -> Config:
+    """``config`` on ``dataset``: ``"shapes"``, or a path to user data (made absolute). User data
+    turns the dVAE's composites off (``vae.augment_composite`` is for objects on white only)."""
+    if dataset != "shapes":
+        dataset = str(Path(dataset).expanduser().resolve())
+        config = dataclasses.replace(config, vae=dataclasses.replace(config.vae, augment_composite=0.0))
+    return dataclasses.replace(config, data=dataclasses.replace(config.data, dataset=dataset))

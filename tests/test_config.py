@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from dalle_fast.config import CONFIG_FILE, DEFAULT_HOLDOUT, PRESETS, Config, DataConfig, OptimConfig, preset
+from dalle_fast.config import (CONFIG_FILE, DEFAULT_HOLDOUT, PRESETS, Config, DataConfig, OptimConfig, preset,
+                               with_dataset)
 
 # DESIGN section 5: image px, token grid side, codebook size, text_len.
 DESIGN_TABLE = {
@@ -148,6 +149,20 @@ def test_cross_section_check_names_the_field():
     config = preset("tiny")
     with pytest.raises(ValueError, match="Config.clip.*patch_size"):
         dataclasses.replace(config, clip=dataclasses.replace(config.clip, patch_size=5))
+    demo = preset("demo")
+    with pytest.raises(ValueError, match="Config.vae: augment_composite 0.5 .* shapes data only.*'/data'"):
+        dataclasses.replace(demo, data=dataclasses.replace(demo.data, dataset="/data"))
+
+
+def test_with_dataset_turns_composites_off_for_user_data_only(tmp_path, monkeypatch):
+    demo = preset("demo")
+    monkeypatch.chdir(tmp_path)
+    user = with_dataset(demo, "images")
+    assert user.data.dataset == str(tmp_path / "images") and user.vae.augment_composite == 0.0
+    assert user == dataclasses.replace(demo, vae=dataclasses.replace(demo.vae, augment_composite=0.0),
+                                       data=dataclasses.replace(demo.data, dataset=str(tmp_path / "images")))
+    assert with_dataset(user, "shapes") == dataclasses.replace(user, data=demo.data)
+    assert with_dataset(demo, "shapes") == demo
 
 
 def test_sections_are_frozen():

@@ -10,7 +10,6 @@
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from pathlib import Path
 from typing import NamedTuple
@@ -44,14 +43,6 @@ class Prompts(NamedTuple):
     indices: list[int]
     captions: list[str]
     heldout: list[bool] | None
-
-
-def with_dataset(config: Config, data: str | None) -> Config:
-    """``config`` evaluated on ``data`` (``"shapes"`` or a path; None keeps the run's data)."""
-    if data is None:
-        return config
-    dataset = data if data == "shapes" else str(Path(data).expanduser().resolve())
-    return dataclasses.replace(config, data=dataclasses.replace(config.data, dataset=dataset))
 
 
 def eval_data(config: Config, split: str, images: str | None = None) -> EvalData:

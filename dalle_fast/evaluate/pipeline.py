@@ -23,13 +23,14 @@ import torch
 from tqdm import tqdm
 
 from ..clip import CLIP
+from ..config import with_dataset
 from ..generate import TextToImage
 from ..train.dalle import default_top_k
 from ..train.device import autocast
 from ..train.errors import UsageError
 from ..train.tokens import encode_split
 from ..train.vae_eval import validate_vae
-from .data import EvalData, Prompts, choose_prompts, eval_data, with_dataset
+from .data import EvalData, Prompts, choose_prompts, eval_data
 from .inception import inception_features, load_inception
 from .metrics import (
     ALL,
@@ -176,7 +177,8 @@ def evaluate(run_dir: Path, options: EvalOptions) -> tuple[dict[str, Any], Sampl
     started = time.perf_counter()
     inception = load_inception(options.inception_weights) if options.inception_weights is not None else None
     pipeline = load_run(run_dir)
-    config, device = with_dataset(pipeline.config, options.data), pipeline.device
+    config = pipeline.config if options.data is None else with_dataset(pipeline.config, options.data)
+    device = pipeline.device
     samples_per_prompt = options.samples_per_prompt or config.clip.candidates
     top_k = options.top_k or default_top_k(config)
     if top_k > config.image_vocab:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ..checkpoint import checkpointed_stages
 from ..cli_types import positive_int
-from ..config import PRESETS, Config, preset
+from ..config import PRESETS, Config, preset, with_dataset
 from .clip import STAGE as CLIP_STAGE
 from .clip import train_clip_stage
 from .dalle import STAGE as DALLE_STAGE
@@ -88,7 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def resolve_config(args: argparse.Namespace, saved: Config | None) -> Config:
     """The run's config: ``saved`` (the config of the run directory, if any) without --preset,
-    else the preset; then the --steps (for the sections of the stages run) and --data overrides."""
+    else the preset; then the --steps (for the sections of the stages run) and --data
+    (:func:`~dalle_fast.config.with_dataset`) overrides."""
     config = saved if saved is not None and args.preset is None else preset(args.preset or DEFAULT_PRESET)
     if args.steps is not None:
         sections = [STEPS_SECTION[s] for s in (STAGES if args.stage == "all" else (args.stage,)) if s in STEPS_SECTION]
@@ -98,10 +99,7 @@ def resolve_config(args: argparse.Namespace, saved: Config | None) -> Config:
             section = getattr(config, name)
             config = dataclasses.replace(config, **{name: dataclasses.replace(
                 section, optim=dataclasses.replace(section.optim, steps=args.steps))})
-    if args.data is not None:
-        dataset = args.data if args.data == "shapes" else str(Path(args.data).expanduser().resolve())
-        config = dataclasses.replace(config, data=dataclasses.replace(config.data, dataset=dataset))
-    return config
+    return config if args.data is None else with_dataset(config, args.data)
 
 
 def train(config: Config, out: Path, stage: str = "all", resume: bool = False, images: str | None = None) -> None:
