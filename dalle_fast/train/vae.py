@@ -20,7 +20,7 @@ from ..config import Config
 from ..dvae import DiscreteVAE, VAEOutput
 from ..grid import save_grid
 from ..metrics import codebook_usage
-from ..schedules import VAESchedule, decoder_finetune_start, vae_schedule
+from ..schedules import VAESchedule, vae_schedule
 from .data import TrainData
 from .loop import StageTrainer, trained_weights
 from .vae_augment import augment
@@ -64,7 +64,7 @@ class VAETrainer(StageTrainer):
 
     def updates_skip_parameters(self) -> bool:
         """The encoder gets no gradient while the decoder is fine-tuned."""
-        return decoder_finetune_start(self.config.vae) < self.optim.steps
+        return self.settings(self.optim.steps - 1).decoder_only  # the last update is one if any is
 
     def forward(self, batch: tuple[torch.Tensor, Any], settings: VAESchedule) -> VAEOutput:
         images, _ = batch
