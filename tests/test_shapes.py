@@ -1,5 +1,5 @@
-"""The built-in shapes data (DESIGN section 6): determinism, pixels, holdout, captions, and the
-attribute reader agreeing with the generator."""
+"""The built-in shapes data (docs/design.md#built-in-data-shapes): determinism, pixels, holdout, captions,
+and the attribute reader agreeing with the generator."""
 import collections
 import hashlib
 import itertools

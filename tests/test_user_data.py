@@ -1,4 +1,4 @@
-"""User data (DESIGN section 7): FolderDataset and CocoCaptions over trees generated here and over
+"""User data (docs/design.md#user-data): FolderDataset and CocoCaptions over trees generated here and over
 the static fixtures in tests/fixtures; the item contract, resize + centre crop, every filter's
 count, and unreadable files skipped (up front and at load time) without crashing."""
 import io
