@@ -1,14 +1,17 @@
-"""Configuration presets (DESIGN section 5), validation, and the config.json round trip."""
+"""Configuration presets (docs/design.md#presets), validation, the config.json round trip, and the
+config's imports."""
 import dataclasses
 import json
+import subprocess
+import sys
 
 import pytest
 
 from dalle_fast.config import (CONFIG_FILE, DEFAULT_HOLDOUT, PRESETS, Config, DataConfig, OptimConfig, preset,
                                with_dataset)
 
-# DESIGN section 5: image px, token grid side, codebook size, text_len.
-DESIGN_TABLE = {
+# docs/design.md#presets: image px, token grid side, codebook size, text_len.
+PRESET_TABLE = {
     "tiny": (32, 4, 64, 16),
     "demo": (64, 8, 512, 32),
     "gpu": (256, 32, 8192, 256),
@@ -17,16 +20,16 @@ DESIGN_TABLE = {
 
 
 def test_the_presets_are_those_of_the_design():
-    assert list(PRESETS) == list(DESIGN_TABLE)
+    assert list(PRESETS) == list(PRESET_TABLE)
 
 
-@pytest.mark.parametrize("name", DESIGN_TABLE)
-def test_preset_matches_design_table(name):
+@pytest.mark.parametrize("name", PRESET_TABLE)
+def test_preset_matches_preset_table(name):
     config = preset(name)
     assert config.name == name
     table_row = (config.image_size, config.grid_size, config.image_vocab, config.transformer.text_len)
-    assert table_row == DESIGN_TABLE[name]
-    assert (config.vae.image_size, config.vae.grid_size, config.vae.codebook_size) == DESIGN_TABLE[name][:3]
+    assert table_row == PRESET_TABLE[name]
+    assert (config.vae.image_size, config.vae.grid_size, config.vae.codebook_size) == PRESET_TABLE[name][:3]
     vae = config.vae
     assert vae.image_size == vae.grid_size * 2 ** (vae.num_groups - 1) == vae.grid_size * vae.downsample
     assert config.seq_len == config.transformer.text_len + config.grid_size**2
@@ -48,7 +51,7 @@ def test_unknown_preset_lists_the_presets():
         preset("huge")
 
 
-@pytest.mark.parametrize("name", DESIGN_TABLE)
+@pytest.mark.parametrize("name", PRESET_TABLE)
 def test_save_load_round_trip(tmp_path, name):
     config = preset(name)
     path = config.save(tmp_path / "run")  # a directory: writes run/config.json
@@ -177,3 +180,10 @@ def test_optim_and_data_defaults():
     assert [data.split_size(s) for s in ("train", "val", "test")] == [50_000, 1_000, 1_000]
     with pytest.raises(ValueError, match="split must be one of"):
         data.split_size("dev")
+
+
+def test_config_reads_the_shapes_spec_alone():
+    """The config imports no module of the data package but the shapes spec (no import circle)."""
+    code = "import sys, dalle_fast.config; print(*sorted(m for m in sys.modules if m.startswith('dalle_fast.data')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["dalle_fast.data", "dalle_fast.data.shapes_spec"]

@@ -1,5 +1,5 @@
-"""The built-in ``shapes`` dataset (DESIGN section 6): procedural, no download, and sample ``i``
-of a split is the same on every machine, in every process, at every image size.
+"""The built-in ``shapes`` dataset (docs/design.md#built-in-data-shapes): procedural, no download,
+and sample ``i`` of a split is the same on every machine, in every process, at every image size.
 
 The attributes of sample ``i`` of ``split`` come from a stable hash (BLAKE2b) of
 ``(split, i)``, read as a mixed-radix number: (color, shape) pair, size, position, caption
@@ -16,27 +16,10 @@ from collections.abc import Iterable
 import torch
 from torch.utils.data import Dataset
 
-from ..config import DEFAULT_HOLDOUT, SPLITS, Config, DataConfig
+from ..config import SPLITS, Config, DataConfig
 from .shapes_draw import render
-from .shapes_spec import COLORS, POSITIONS, SHAPES, SIZES, TEMPLATES, Attributes, caption
-
-
-def check_holdout(holdout: Iterable[tuple[str, str]]) -> frozenset[tuple[str, str]]:
-    """Validate held-out (color, shape) pairs: known names, and every color and every shape
-    still seen in training with some partner. Raises ``ValueError`` naming the offending entry."""
-    pairs = frozenset((color, shape) for color, shape in holdout)
-    for color, shape in sorted(pairs):
-        if color not in COLORS:
-            raise ValueError(f"holdout: unknown color {color!r} in {(color, shape)}; colors are {list(COLORS)}")
-        if shape not in SHAPES:
-            raise ValueError(f"holdout: unknown shape {shape!r} in {(color, shape)}; shapes are {list(SHAPES)}")
-    for color in COLORS:
-        if all((color, shape) in pairs for shape in SHAPES):
-            raise ValueError(f"holdout: holds out every shape of color {color!r}; it could never be learned")
-    for shape in SHAPES:
-        if all((color, shape) in pairs for color in COLORS):
-            raise ValueError(f"holdout: holds out every color of shape {shape!r}; it could never be learned")
-    return pairs
+from .shapes_spec import (COLORS, DEFAULT_HOLDOUT, POSITIONS, SHAPES, SIZES, TEMPLATES, Attributes, caption,
+                          check_holdout)
 
 
 def _pairs(split: str, holdout: frozenset[tuple[str, str]]) -> tuple[tuple[str, str], ...]:

@@ -1,12 +1,14 @@
-"""Vocabulary of the built-in ``shapes`` data (DESIGN section 6) and its captions, both ways.
+"""Vocabulary of the built-in ``shapes`` data (docs/design.md#built-in-data-shapes), its held-out
+(color, shape) pairs, and its captions, both ways.
 
 One object on a white canvas, described by four attributes: size, color, shape, position.
-Geometry is given as fractions of the canvas side so it holds at any image size.
+Geometry is given as fractions of the canvas side so it holds at any image size. This module
+imports nothing of ``dalle_fast``: the config validates its holdout here.
 """
 from __future__ import annotations
 
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 BACKGROUND: tuple[int, int, int] = (255, 255, 255)
@@ -25,6 +27,16 @@ COLORS: dict[str, tuple[int, int, int]] = {
 # circle; square (axis-aligned); triangle (isosceles, apex up, base = height); diamond (a square
 # rotated 45 degrees). Each spans its size along both axes.
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond")
+
+# (color, shape) pairs never shown in the shapes train split (they do appear in val and test): the
+# zero-shot composition probe. One per shape, four different colors, so every color and every
+# shape is still seen in training with other partners.
+DEFAULT_HOLDOUT: tuple[tuple[str, str], ...] = (
+    ("red", "triangle"),
+    ("green", "square"),
+    ("blue", "circle"),
+    ("yellow", "diamond"),
+)
 
 # Extent of the object (its bounding box side) as a fraction of the canvas side.
 SIZES: dict[str, float] = {"small": 0.25, "large": 0.4}
@@ -48,6 +60,24 @@ TEMPLATES: tuple[str, ...] = (
     "there is a {size} {color} {shape} {place}",
     "a picture of a {size} {color} {shape} {place}",
 )
+
+
+def check_holdout(holdout: Iterable[tuple[str, str]]) -> frozenset[tuple[str, str]]:
+    """Validate held-out (color, shape) pairs: known names, and every color and every shape
+    still seen in training with some partner. Raises ``ValueError`` naming the offending entry."""
+    pairs = frozenset((color, shape) for color, shape in holdout)
+    for color, shape in sorted(pairs):
+        if color not in COLORS:
+            raise ValueError(f"holdout: unknown color {color!r} in {(color, shape)}; colors are {list(COLORS)}")
+        if shape not in SHAPES:
+            raise ValueError(f"holdout: unknown shape {shape!r} in {(color, shape)}; shapes are {list(SHAPES)}")
+    for color in COLORS:
+        if all((color, shape) in pairs for shape in SHAPES):
+            raise ValueError(f"holdout: holds out every shape of color {color!r}; it could never be learned")
+    for shape in SHAPES:
+        if all((color, shape) in pairs for color in COLORS):
+            raise ValueError(f"holdout: holds out every color of shape {shape!r}; it could never be learned")
+    return pairs
 
 
 @dataclass(frozen=True)

@@ -10,21 +10,8 @@ objects at other offsets from the grid, so codes must describe local pieces of e
 that every shape shares; compositing two images gives each batch more objects (and contexts) to
 learn from per update.
 
-Measured on the demo preset's vae stage; val reconstructions keeping all four attributes (held-out
-pairs' images alone in brackets):
-
-- without augmentation (2000 steps): 95.1% (58.5%);
-- shift 3 px, composite 0.5 with the partner shifted too, ``gaussian_sigma=0.05`` (2000 steps):
-  86.3% (78.0%);
-- the same with the partner left in place, as here (2000 steps, seeds 0 / 1): 93.2% / 94.0%
-  (93.2% / 93.2%). Every miss is a small triangle: codes shared by objects at several offsets
-  leave it blurred into a bell that reads as a diamond;
-- runs of 2250 steps whose last 250 train the decoder alone on the argmax tokens of un-augmented
-  images (``VAEConfig.decoder_finetune_fraction``, from lr 5e-4), seeds 0 / 1 / 2: 92.8% / 100% /
-  100% (82.2% / 100% / 100%); at step 2000, before those 250, seed 0 was at 86.7% and seeds 1 and 2
-  at 98.9%;
-- the demo preset: 500 such steps from lr 1e-3, on the same 2000 first steps (their checkpoints
-  resumed under the preset), seeds 0 / 1 / 2: 99.2% / 100% / 100% (95.8% / 100% / 100%).
+What each setting measured on the demo preset's vae stage, with and without the decoder
+fine-tuning (``VAEConfig.decoder_finetune_fraction``), is in docs/results.md#demo-dvae.
 
 Both draw from torch's global RNG, which checkpoints save: resuming stays exact. Under
 ``torchrun`` every process draws the same shift (their RNG states are equal), so a global batch

@@ -1,17 +1,7 @@
-"""Configuration: frozen dataclasses, four presets, and a ``config.json`` round trip.
-
-``preset(name)`` returns the :class:`Config` of one of the presets of DESIGN section 5:
-
-========  ========  ==========  ========  ========  ===================================================
-preset    image px  token grid  codebook  text_len  use
-========  ========  ==========  ========  ========  ===================================================
-tiny      32        4x4         64        16        tests and CI; each stage trains in about a minute
-                                                    on 2 CPU cores
-demo      64        8x8         512       32        default of ``python -m dalle_fast.train``; CPU in
-                                                    minutes, GPU in seconds
-gpu       256       32x32       8192      256       one GPU, paper-shaped at small width
-paper     256       32x32       8192      256       the 12B model (64 layers, 62 heads of 64, d 3968)
-========  ========  ==========  ========  ========  ===================================================
+"""The sections of a run's configuration and what each checks: frozen dataclasses, one per stage
+(:class:`VAEConfig`, :class:`TransformerConfig`, :class:`CLIPConfig`) with its :class:`OptimConfig`,
+the data (:class:`DataConfig`), the shared training settings (:class:`TrainConfig`), and the whole
+:class:`Config`.
 
 Every section validates itself in ``__post_init__`` and raises ``ValueError`` naming the field
 (``VAEConfig.grid_size: ...``); :meth:`Config.load` also names the key path in the file
@@ -21,67 +11,17 @@ consistent.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
-import math
-import os
-import typing
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from .atomic import write_atomic
+from ..data.shapes_spec import DEFAULT_HOLDOUT, check_holdout
+from .schema import ConfigFile, Section
 
-CONFIG_FILE = "config.json"
 SPLITS = ("train", "val", "test")
-
-# (color, shape) pairs never shown in the shapes train split (they do appear in val and test): the
-# zero-shot composition probe. One per shape, four different colors, so every color and every
-# shape is still seen in training with other partners.
-DEFAULT_HOLDOUT: tuple[tuple[str, str], ...] = (
-    ("red", "triangle"),
-    ("green", "square"),
-    ("blue", "circle"),
-    ("yellow", "diamond"),
-)
-
-
-class _Section:
-    """Base of all config sections: type checks of the annotated fields (ints stay ints, ints
-    given for floats become floats, Literal fields must take one of their values; nested
-    sections must be of their class). Other field types are checked by the section itself."""
-
-    def __post_init__(self) -> None:
-        hints = typing.get_type_hints(type(self))
-        for f in dataclasses.fields(self):
-            self._check_type(f.name, hints[f.name])
-
-    def _fail(self, name: str, message: str) -> typing.NoReturn:
-        raise ValueError(f"{type(self).__name__}.{name}: {message}")
-
-    def _check_type(self, name: str, hint: Any) -> None:
-        value = getattr(self, name)
-        if hint is float:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                self._fail(name, f"must be a finite number, got {value!r}")
-            object.__setattr__(self, name, float(value))
-        elif hint in (int, str, bool):
-            if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-                self._fail(name, f"must be of type {hint.__name__}, got {value!r}")
-        elif typing.get_origin(hint) is Literal:
-            if value not in typing.get_args(hint):
-                self._fail(name, f"must be one of {list(typing.get_args(hint))}, got {value!r}")
-        elif dataclasses.is_dataclass(hint) and not isinstance(value, hint):
-            self._fail(name, f"must be a {hint.__name__}, got {type(value).__name__}")
-
-    def _require(self, name: str, ok: bool, what: str) -> None:
-        if not ok:
-            self._fail(name, f"must be {what}, got {getattr(self, name)!r}")
 
 
 @dataclass(frozen=True)
-class OptimConfig(_Section):
+class OptimConfig(Section):
     """AdamW with linear warmup then cosine decay from ``lr`` to ``lr_min`` over ``steps`` updates."""
 
     steps: int
@@ -112,7 +52,7 @@ class OptimConfig(_Section):
 
 
 @dataclass(frozen=True)
-class DataConfig(_Section):
+class DataConfig(Section):
     """Which data to train on. ``dataset`` is ``"shapes"`` (built in) or a path to user data.
 
     ``holdout``: (color, shape) pairs kept out of the shapes train split (checked against the
@@ -138,8 +78,6 @@ class DataConfig(_Section):
         self._require("holdout", len(set(holdout)) == len(holdout), "free of duplicate pairs")
         object.__setattr__(self, "holdout", holdout)
         if self.dataset == "shapes":
-            from .data.shapes import check_holdout  # imported here: the data package imports this module
-
             try:
                 check_holdout(holdout)
             except ValueError as e:
@@ -155,7 +93,7 @@ class DataConfig(_Section):
 
 
 @dataclass(frozen=True)
-class VAEConfig(_Section):
+class VAEConfig(Section):
     """The discrete VAE (OpenAI dVAE structure) and its objective.
 
     Images of ``image_size`` px are encoded to a ``grid_size`` x ``grid_size`` grid of tokens out of
@@ -177,9 +115,7 @@ class VAEConfig(_Section):
     standard deviation ``gaussian_sigma`` around the decoded pixel, i.e. a scaled squared error.
     The CPU presets (tiny, demo) use the Gaussian: in their few thousand updates the
     logit-Laplace decoder spends its capacity sharpening the white background (its learned scale
-    weights those pixels most) and the codes never learn color (the demo dVAE before the
-    augmentation below: 21 dB, 2% of the reconstructions with all four attributes right, against
-    34.4 dB and 95.1% with the Gaussian).
+    weights those pixels most) and the codes never learn color (docs/results.md#demo-dvae).
 
     ``augment_shift``, ``augment_composite`` and ``decoder_finetune_fraction`` are not in the
     paper (0 there). Training images are translated as a batch by up to ``augment_shift`` px, and
@@ -190,7 +126,7 @@ class VAEConfig(_Section):
     on the argmax tokens of un-augmented images, its learning rate a fresh cosine from
     ``decoder_finetune_lr`` to ``optim.lr_min``: after training the decoder only ever sees argmax
     tokens, and this fits it to them, sharpening what codes shared by shifted objects left
-    blurred. The demo uses all three (see ``_demo``).
+    blurred. The demo uses all three (see ``presets._demo``).
     """
 
     image_size: int
@@ -252,18 +188,18 @@ class VAEConfig(_Section):
 
 
 @dataclass(frozen=True)
-class TransformerConfig(_Section):
+class TransformerConfig(Section):
     """The decoder-only transformer over ``text_len`` text tokens then the image tokens.
 
-    ``attention``: ``"sparse"`` follows the paper's row/column/conv layer schedule (DESIGN section
-    3, conv neighbourhood ``conv_kernel``), ``"full"`` makes every layer dense causal.
+    ``attention``: ``"sparse"`` follows the paper's row/column/conv layer schedule
+    (docs/design.md#attention-masks, conv neighbourhood ``conv_kernel``), ``"full"`` makes every
+    layer dense causal.
     ``text_vocab`` is the BPE vocabulary size, not counting the ``text_len`` per-position padding
     tokens; ``bpe_dropout`` applies to tokenization while the transformer trains.
     ``dropout``: on the embeddings and every residual branch while training. The demo preset
     uses 0.1: its train split holds only 504 distinct images (8 colors x 4 shapes x 2 sizes x 9
-    positions, less the held-out pairs), which the transformer otherwise memorizes (train image
-    loss 0.004 nats against 0.16 on val with weight decay 0.1 instead); with dropout 0.1 the
-    held-out pairs' samples come out right more often than without (11% of them against 7%).
+    positions, less the held-out pairs), which the transformer otherwise memorizes
+    (docs/results.md#demo-transformer).
     ``cross_entropy``: how the loss scores the output head: ``"fused"`` through
     ``dalle_kernels.fused_linear_cross_entropy`` (on a GPU the (tokens, vocabulary) logits never
     exist at once), ``"plain"`` as ``F.linear`` then ``F.cross_entropy`` (for comparison).
@@ -297,7 +233,7 @@ class TransformerConfig(_Section):
 
 
 @dataclass(frozen=True)
-class CLIPConfig(_Section):
+class CLIPConfig(Section):
     """The small contrastive text/image model used to rerank samples: a text transformer and a
     ViT over ``patch_size`` patches, each ``layers`` deep and ``width`` wide, projected to a joint
     ``embed_dim`` space. ``candidates``: images sampled per prompt before reranking (paper: 512).
@@ -305,8 +241,7 @@ class CLIPConfig(_Section):
     Training images are degraded so that CLIP reads generated (dVAE-decoded, softer and noisier)
     images as it reads clean ones: each is blurred (2x average-pooled, then upsampled) with
     probability ``augment_blur`` and gets Gaussian pixel noise of a standard deviation drawn
-    uniformly from [0, ``augment_noise``]. The demo trains 1600 steps: at 800, reranking picked a
-    right image for 37.5-50% of the held-out pairs' prompts, at 1600 for 50-56% (four evaluations)."""
+    uniformly from [0, ``augment_noise``]."""
 
     width: int
     layers: int
@@ -328,7 +263,7 @@ class CLIPConfig(_Section):
 
 
 @dataclass(frozen=True)
-class TrainConfig(_Section):
+class TrainConfig(Section):
     """Settings shared by all training stages. ``precision``: ``"auto"`` is bf16 autocast on a GPU
     and fp32 on the CPU. ``*_every`` count optimizer steps."""
 
@@ -347,8 +282,9 @@ class TrainConfig(_Section):
 
 
 @dataclass(frozen=True)
-class Config(_Section):
-    """The whole configuration of a run; ``name`` records the preset it came from."""
+class Config(ConfigFile):
+    """The whole configuration of a run; ``name`` records the preset it came from. Its JSON round
+    trip (``to_dict``/``from_dict``, ``save``/``load``) is that of :class:`~.schema.ConfigFile`."""
 
     name: str
     vae: VAEConfig
@@ -389,162 +325,3 @@ class Config(_Section):
     def seq_len(self) -> int:
         """Transformer sequence length: ``transformer.text_len + image_seq_len``."""
         return self.transformer.text_len + self.image_seq_len
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain nested dict (JSON types only)."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Config:
-        """Inverse of :meth:`to_dict`. Unknown or missing keys, and invalid values, raise
-        ``ValueError`` naming the key path (e.g. ``vae.optim.lr``)."""
-        return _build(cls, data, "")
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write ``config.json`` atomically (temp file in the same folder, then ``os.replace``).
-        ``path`` is the file (``*.json``) or a run directory to write ``config.json`` into (created
-        if missing). Returns the file written."""
-        path = _config_path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(self.to_dict(), indent=2) + "\n"
-        write_atomic(path, lambda tmp: Path(tmp).write_text(text))
-        return path
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> Config:
-        """Read a file written by :meth:`save` (the ``*.json`` file, or the run directory holding it)."""
-        path = _config_path(path)
-        with open(path) as f:
-            data = json.load(f)
-        try:
-            return cls.from_dict(data)
-        except ValueError as e:
-            raise ValueError(f"{path}: {e}") from None
-
-
-def _config_path(path: str | os.PathLike) -> Path:
-    """A path ending in ``.json`` is the config file itself; any other path is a run directory."""
-    path = Path(path)
-    return path if path.suffix == ".json" else path / CONFIG_FILE
-
-
-def _build(cls: type, data: Any, where: str) -> Any:
-    """Construct section ``cls`` from a JSON object, recursing into nested sections; ``where`` is
-    the key path of ``data`` (``""`` at the top, ``"vae."`` below)."""
-    if not isinstance(data, Mapping):
-        raise ValueError(f"{where.rstrip('.') or 'config'}: must be a JSON object, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = [key for key in data if key not in fields]
-    if unknown:
-        raise ValueError(f"unknown key '{where}{unknown[0]}'; {cls.__name__} has {sorted(fields)}")
-    missing = [name for name, f in fields.items() if name not in data
-               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-    if missing:
-        raise ValueError(f"missing key '{where}{missing[0]}' ({cls.__name__} has no default for it)")
-    hints = typing.get_type_hints(cls)
-    kwargs = {name: _build(hints[name], value, f"{where}{name}.") if dataclasses.is_dataclass(hints[name])
-              else value for name, value in data.items()}
-    try:
-        return cls(**kwargs)
-    except ValueError as e:
-        raise ValueError(f"in {where.rstrip('.') or 'config'}: {e}") from None
-
-
-def _tiny() -> Config:
-    return Config(
-        name="tiny",
-        vae=VAEConfig(image_size=32, grid_size=4, codebook_size=64, hidden=16, blocks_per_group=1,
-                      codebook_dim=32, kl_warmup_fraction=0.1, tau_anneal_fraction=0.5, usage_weight=1.0,
-                      reconstruction="gaussian",
-                      optim=OptimConfig(steps=300, batch_size=32, lr=2e-3, lr_min=1e-4, weight_decay=1e-4)),
-        transformer=TransformerConfig(layers=2, heads=2, head_dim=16, text_len=16, text_vocab=512,
-                                      conv_kernel=3, optim=OptimConfig(steps=300, batch_size=32, lr=1e-3,
-                                                                       warmup_fraction=0.05, beta2=0.96)),
-        clip=CLIPConfig(width=32, layers=1, heads=2, embed_dim=32, patch_size=8, candidates=8,
-                        optim=OptimConfig(steps=600, batch_size=64, lr=1e-3, warmup_fraction=0.05)),
-        data=DataConfig(train_size=4_096, val_size=256, test_size=256),
-        train=TrainConfig(log_every=10, eval_every=100, checkpoint_every=100),
-    )
-
-
-def _demo() -> Config:
-    return Config(
-        name="demo",
-        # dVAE: 2000 steps on shifted and composited images, then 500 fine-tuning the decoder alone
-        # (see train/vae_augment.py); tau anneals over 1125 steps and the KL weight rises over 112.
-        vae=VAEConfig(image_size=64, grid_size=8, codebook_size=512, hidden=16, blocks_per_group=1,
-                      codebook_dim=64, kl_warmup_fraction=0.045, tau_anneal_fraction=0.45, usage_weight=1.0,
-                      reconstruction="gaussian", gaussian_sigma=0.05, augment_shift=3, augment_composite=0.5,
-                      decoder_finetune_fraction=0.2, decoder_finetune_lr=1e-3,
-                      optim=OptimConfig(steps=2_500, batch_size=32, lr=2e-3, lr_min=2e-5, weight_decay=1e-4)),
-        transformer=TransformerConfig(layers=4, heads=4, head_dim=32, text_len=32, text_vocab=1_024,
-                                      conv_kernel=3, dropout=0.1,
-                                      optim=OptimConfig(steps=2_000, batch_size=32, lr=5e-4, warmup_fraction=0.05,
-                                                        beta2=0.96)),
-        clip=CLIPConfig(width=64, layers=2, heads=4, embed_dim=64, patch_size=8, candidates=32,
-                        optim=OptimConfig(steps=1_600, batch_size=128, lr=1e-3, warmup_fraction=0.05)),
-        data=DataConfig(train_size=50_000, val_size=1_000, test_size=1_000),
-        train=TrainConfig(log_every=20, eval_every=500, checkpoint_every=500),
-    )
-
-
-def _gpu() -> Config:
-    return Config(
-        name="gpu",
-        vae=VAEConfig(image_size=256, grid_size=32, codebook_size=8_192, hidden=64, blocks_per_group=2,
-                      kl_warmup_fraction=0.05, tau_anneal_fraction=0.3,
-                      optim=OptimConfig(steps=20_000, batch_size=32, lr=3e-4, lr_min=1.25e-6,
-                                        weight_decay=1e-4)),
-        transformer=TransformerConfig(layers=12, heads=8, head_dim=64, text_len=256, text_vocab=16_384,
-                                      optim=OptimConfig(steps=20_000, batch_size=32, lr=4.5e-4,
-                                                        warmup_fraction=0.02, weight_decay=4.5e-2, beta2=0.96,
-                                                        grad_clip=4.0)),
-        clip=CLIPConfig(width=256, layers=4, heads=4, embed_dim=256, patch_size=16, candidates=64,
-                        optim=OptimConfig(steps=10_000, batch_size=128, lr=5e-4, warmup_fraction=0.05,
-                                          weight_decay=0.1)),
-        data=DataConfig(train_size=1_000_000, val_size=5_000, test_size=5_000),
-        train=TrainConfig(log_every=50, eval_every=2_000, checkpoint_every=2_000, num_workers=8),
-    )
-
-
-def _paper() -> Config:
-    """Ramesh et al. 2021, appendices A.2 (dVAE) and B.2 (transformer); see the note on lr below."""
-    return Config(
-        name="paper",
-        # dVAE: batch 512, 3M updates, AdamW (0.9, 0.999, 1e-8), weight decay 1e-4, KL weight 0 -> 6.6
-        # over 5k updates, tau 1 -> 1/16 over 150k updates, lr cosine 1e-4 -> 1.25e-6 (the paper
-        # reaches the floor after 1.2M updates; here the cosine spans the run).
-        vae=VAEConfig(image_size=256, grid_size=32, codebook_size=8_192, hidden=256, blocks_per_group=2,
-                      optim=OptimConfig(steps=3_000_000, batch_size=512, lr=1e-4, lr_min=1.25e-6,
-                                        weight_decay=1e-4)),
-        # Transformer: batch 1024, 430k updates, AdamW (0.9, 0.96, 1e-8), weight decay 4.5e-2, lr
-        # 4.5e-4 warmed up over 5k updates, gradient norm clipped at 4.
-        transformer=TransformerConfig(layers=64, heads=62, head_dim=64, text_len=256, text_vocab=16_384,
-                                      optim=OptimConfig(steps=430_000, batch_size=1_024, lr=4.5e-4,
-                                                        warmup_fraction=5_000 / 430_000, weight_decay=4.5e-2,
-                                                        beta2=0.96, grad_clip=4.0)),
-        clip=CLIPConfig(width=512, layers=12, heads=8, embed_dim=512, patch_size=16, candidates=512,
-                        optim=OptimConfig(steps=100_000, batch_size=1_024, lr=5e-4, warmup_fraction=0.02,
-                                          weight_decay=0.2, beta2=0.98, eps=1e-6)),
-        data=DataConfig(train_size=1_000_000, val_size=5_000, test_size=5_000),
-        train=TrainConfig(log_every=100, eval_every=10_000, checkpoint_every=10_000, num_workers=8),
-    )
-
-
-PRESETS: dict[str, typing.Callable[[], Config]] = {"tiny": _tiny, "demo": _demo, "gpu": _gpu, "paper": _paper}
-
-
-def preset(name: str) -> Config:
-    """The :class:`Config` of preset ``name`` (one of ``PRESETS``: tiny, demo, gpu, paper)."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; the presets are {', '.join(PRESETS)}")
-    return PRESETS[name]()
-
-
-def with_dataset(config: Config, dataset: str) -> Config:
-    """``config`` on ``dataset``: ``"shapes"``, or a path to user data (made absolute). User data
-    turns the dVAE's composites off (``vae.augment_composite`` is for objects on white only)."""
-    if dataset != "shapes":
-        dataset = str(Path(dataset).expanduser().resolve())
-        config = dataclasses.replace(config, vae=dataclasses.replace(config.vae, augment_composite=0.0))
-    return dataclasses.replace(config, data=dataclasses.replace(config.data, dataset=dataset))

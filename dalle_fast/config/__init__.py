@@ -1,0 +1,20 @@
+"""Configuration: frozen dataclasses, four presets, and a ``config.json`` round trip.
+
+- :mod:`.schema`: the section base class (type checks of the annotated fields) and the round
+  trip of a :class:`Config` through JSON and its ``config.json`` file (``CONFIG_FILE``);
+- :mod:`.sections`: the sections and what each validates;
+- :mod:`.presets`: the presets of docs/design.md#presets (``preset``, ``PRESETS``) and
+  ``with_dataset``.
+
+The shapes facts the config checks (``DEFAULT_HOLDOUT``, the holdout check) come from
+:mod:`dalle_fast.data.shapes_spec`, which imports nothing of ``dalle_fast``.
+"""
+from ..data.shapes_spec import DEFAULT_HOLDOUT
+from .presets import PRESETS, preset, with_dataset
+from .schema import CONFIG_FILE
+from .sections import SPLITS, CLIPConfig, Config, DataConfig, OptimConfig, TrainConfig, TransformerConfig, VAEConfig
+
+__all__ = [
+    "CONFIG_FILE", "DEFAULT_HOLDOUT", "PRESETS", "SPLITS", "CLIPConfig", "Config", "DataConfig", "OptimConfig",
+    "TrainConfig", "TransformerConfig", "VAEConfig", "preset", "with_dataset",
+]
