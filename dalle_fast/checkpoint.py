@@ -29,6 +29,7 @@ from safetensors.torch import save_file
 from .atomic import write_atomic
 
 KEEP = 2  # checkpoint pairs kept per stage (the newest)
+EMA_PREFIX = "ema."  # the weights of an EMA of the model, beside the model's own
 
 
 class Checkpoint(NamedTuple):

@@ -1,6 +1,6 @@
 """CLIP (Radford et al. 2021), small: a text transformer and a ViT image encoder trained with a
 symmetric contrastive loss to map matching captions and images to nearby unit vectors. DALL-E
-uses it to rerank the images sampled for one prompt (DESIGN section 4).
+uses it to rerank the images sampled for one prompt (docs/design.md#clip-reranker).
 
 Text: ids of :class:`dalle_fast.tokenizer.CaptionTokenizer` (``vocab_size`` BPE ids, then one
 padding id per position), a learned position embedding, pre-LN causal blocks, the output at the

@@ -1,4 +1,4 @@
-"""The discrete VAE (DESIGN section 4): images <-> a grid of codebook tokens.
+"""The discrete VAE (docs/design.md#dvae): images <-> a grid of codebook tokens.
 
 Training relaxes the encoder's categorical distribution with the Gumbel-softmax and feeds the
 decoder the relaxed code vector, ``dalle_kernels.gumbel_softmax_codebook`` fusing the sample with

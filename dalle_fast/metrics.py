@@ -8,6 +8,7 @@ from typing import NamedTuple
 
 import torch
 
+from .checks import check_int
 from .data import Attributes, read_attributes
 
 
@@ -20,7 +21,7 @@ class CodebookUsage(NamedTuple):
     perplexity: float
 
 
-def _check_images(name: str, images: torch.Tensor) -> None:
+def check_images(name: str, images: torch.Tensor) -> None:
     if not isinstance(images, torch.Tensor) or not images.is_floating_point():
         raise TypeError(f"{name}: expected a float tensor, got {getattr(images, 'dtype', type(images).__name__)}")
     if images.ndim != 4 or images.shape[1] != 3:
@@ -35,8 +36,8 @@ def psnr(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     identical to its target has infinite PSNR and gets ``inf`` (not clamped), so average the
     finite values or the MSE when a batch may hold exact copies.
     """
-    _check_images("reconstruction", reconstruction)
-    _check_images("target", target)
+    check_images("reconstruction", reconstruction)
+    check_images("target", target)
     if reconstruction.shape != target.shape:
         raise ValueError(f"reconstruction: shape {tuple(reconstruction.shape)} differs from target "
                          f"{tuple(target.shape)}")
@@ -48,8 +49,7 @@ def psnr(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def codebook_usage(tokens: torch.Tensor, num_codes: int) -> CodebookUsage:
     """Usage of ``num_codes`` codes by ``tokens``: an int tensor of any shape, values in
     [0, num_codes), at least one element. See :class:`CodebookUsage`."""
-    if isinstance(num_codes, bool) or not isinstance(num_codes, int) or num_codes < 1:
-        raise ValueError(f"num_codes: must be an int >= 1, got {num_codes!r}")
+    check_int("num_codes", num_codes, 1)
     if not isinstance(tokens, torch.Tensor) or tokens.is_floating_point() or tokens.is_complex() \
             or tokens.dtype == torch.bool:
         raise TypeError(f"tokens: expected an integer tensor, got {getattr(tokens, 'dtype', type(tokens).__name__)}")
@@ -69,7 +69,7 @@ def attribute_agreement(images: torch.Tensor, attributes: Sequence[Attributes]) 
     """Fraction of ``images`` (B, 3, S, S) in [0, 1] whose attributes, as the shapes reader
     (:func:`dalle_fast.data.read_attributes`) sees them, equal ``attributes[i]`` in all four
     fields (size, color, shape, position). An image with no visible object counts as a miss."""
-    _check_images("images", images)
+    check_images("images", images)
     if len(attributes) != len(images):
         raise ValueError(f"attributes: has {len(attributes)} records for {len(images)} images")
     if len(images) == 0:

@@ -1,4 +1,4 @@
-"""The DALL-E transformer (Ramesh et al. 2021; DESIGN sections 3 and 4): a decoder-only sparse
+"""The DALL-E transformer (Ramesh et al. 2021; docs/design.md#attention-masks, docs/design.md#transformer): a decoder-only sparse
 transformer over the text tokens followed by the image tokens of one sample.
 
 Sequence: positions 0..S-1 hold the input tokens ``[text_0 .. text_{T-1}, image_0 .. image_{N-1}]``
@@ -74,7 +74,7 @@ def head_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.T
 
 
 def layer_kinds(layers: int, attention: str) -> list[str]:
-    """The mask kind of each layer (DESIGN section 3): all ``"full"`` for ``attention == "full"``;
+    """The mask kind of each layer (docs/design.md#attention-masks): all ``"full"`` for ``attention == "full"``;
     else ``"conv"`` last, ``"column"`` when l % 4 == 1, ``"row"`` otherwise."""
     if attention == "full":
         return ["full"] * layers

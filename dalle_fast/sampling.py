@@ -18,7 +18,18 @@ from numbers import Real
 import torch
 from tqdm import tqdm
 
+from .checks import check_int
+from .config import Config
+from .eval_mode import eval_mode
 from .model import DALLE, check_ids
+
+TOP_K_FRACTION = 0.25  # by default, samples draw from the top quarter of the image codes
+
+
+def default_top_k(config: Config) -> int:
+    """Image codes sampled among by default (training grids, generate, evaluate): the top
+    ``TOP_K_FRACTION`` of the codebook, at least 1."""
+    return max(1, round(TOP_K_FRACTION * config.image_vocab))
 
 
 def check_sampling(temperature: float, top_k: int | None) -> None:
@@ -26,8 +37,8 @@ def check_sampling(temperature: float, top_k: int | None) -> None:
     if isinstance(temperature, bool) or not isinstance(temperature, Real) or not math.isfinite(temperature) \
             or temperature < 0:
         raise ValueError(f"temperature: must be a finite number >= 0 (0 = greedy), got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k: must be None or an int >= 1, got {top_k!r}")
+    if top_k is not None:
+        check_int("top_k", top_k, 1)
 
 
 def _check_prime(model: DALLE, text: torch.Tensor, prime: torch.Tensor | None) -> torch.Tensor:
@@ -72,12 +83,8 @@ def sample_image_tokens(model: DALLE, text: torch.Tensor, *, temperature: float 
     device = model.text_position.device
     text = check_ids("text", text, model.text_len, model.num_text_tokens).to(device)
     prime = _check_prime(model, text, prime)
-    training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         return _sample(model, text, prime, temperature, top_k, generator, use_cache, progress)
-    finally:
-        model.train(training)
 
 
 def _sample(model: DALLE, text: torch.Tensor, prime: torch.Tensor, temperature: float, top_k: int | None,

@@ -1,4 +1,4 @@
-"""Caption tokenizer (DESIGN section 4): byte-level BPE (Hugging Face ``tokenizers``) trained on
+"""Caption tokenizer (docs/design.md#tokenizer): byte-level BPE (Hugging Face ``tokenizers``) trained on
 the training captions, NFKC + lowercase normalization, fixed ``text_len`` with one padding token
 per text position.
 
@@ -34,6 +34,7 @@ from tokenizers import (
 )
 
 from .atomic import write_atomic
+from .checks import check_int
 
 FORMAT = "dalle_fast.CaptionTokenizer/1"
 TOKENIZER_FILE = "tokenizer.json"
@@ -45,14 +46,6 @@ def tokenizer_path(path: str | os.PathLike) -> Path:
     holding ``tokenizer.json``."""
     path = Path(path)
     return path if path.suffix == ".json" else path / TOKENIZER_FILE
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name}: must be >= {minimum}, got {value}")
-    return value
 
 
 def _check_texts(texts: object) -> list[str]:
@@ -77,8 +70,8 @@ class CaptionTokenizer:
     def __init__(self, bpe: Tokenizer, vocab_size: int, text_len: int) -> None:
         if not isinstance(bpe, Tokenizer):
             raise TypeError(f"bpe: expected a tokenizers.Tokenizer, got {type(bpe).__name__}")
-        self.vocab_size = _check_int("vocab_size", vocab_size, BYTE_SYMBOLS)
-        self.text_len = _check_int("text_len", text_len, 1)
+        self.vocab_size = check_int("vocab_size", vocab_size, BYTE_SYMBOLS)
+        self.text_len = check_int("text_len", text_len, 1)
         if bpe.get_vocab_size() > vocab_size:
             raise ValueError(f"vocab_size: {vocab_size} is smaller than the BPE's {bpe.get_vocab_size()} ids")
         self.bpe = bpe
@@ -103,8 +96,8 @@ class CaptionTokenizer:
     def train(cls, captions: Iterable[str], vocab_size: int, text_len: int) -> CaptionTokenizer:
         """Learn a byte-level BPE of at most ``vocab_size`` ids (>= 256: the byte symbols) from
         ``captions`` (lowercased and NFKC-normalized first). Deterministic for given captions."""
-        vocab_size = _check_int("vocab_size", vocab_size, BYTE_SYMBOLS)
-        _check_int("text_len", text_len, 1)
+        vocab_size = check_int("vocab_size", vocab_size, BYTE_SYMBOLS)
+        check_int("text_len", text_len, 1)
         if isinstance(captions, (str, bytes)):
             raise TypeError("captions: expected an iterable of str, got a single string")
         bpe = Tokenizer(models.BPE())

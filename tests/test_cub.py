@@ -12,7 +12,7 @@ import torch
 from dalle_fast.config import preset
 from dalle_fast.data import CocoCaptions, CubCaptions, DataFilters
 from dalle_fast.data.cub import find_cub, split_images
-from dalle_fast.train.data import load_data
+from dalle_fast.data.splits import load_data
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CUB = FIXTURES / "cub"

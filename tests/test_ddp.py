@@ -30,12 +30,13 @@ from dalle_fast.checkpoint import load_checkpoint
 from dalle_fast.config import Config, preset
 from dalle_fast.train import train
 from dalle_fast.train.dalle import DALLETrainer
-from dalle_fast.train.data import IndexStream, RankSlice, load_data, train_loader
-from dalle_fast.train.device import World, local_batch_size, process_group
-from dalle_fast.train.errors import UsageError
-from dalle_fast.train.tokenizer import load_tokenizer
+from dalle_fast.data.splits import load_data
+from dalle_fast.train.loader import IndexStream, RankSlice, train_loader
+from dalle_fast.device import World, local_batch_size, process_group
+from dalle_fast.run import UsageError
+from dalle_fast.run import load_tokenizer
 from dalle_fast.train.tokens import token_cache
-from dalle_fast.train.vae import load_vae
+from dalle_fast.run import load_vae
 
 STEPS = 3
 BATCH = 8  # global: 4 per process

@@ -23,7 +23,7 @@ from dalle_fast.evaluate.metrics import (
     reranked,
 )
 from dalle_fast.evaluate.plot import bar_chart, line_chart
-from dalle_fast.train.errors import UsageError
+from dalle_fast.run import UsageError
 
 
 def random_spd(d: int) -> torch.Tensor:
@@ -84,12 +84,13 @@ def test_feature_statistics_and_distance_of_features() -> None:
 @pytest.mark.parametrize("n, m, d", [(5, 9, 30), (12, 7, 12), (40, 60, 6)])
 def test_distance_of_few_samples_equals_the_covariance_form(n: int, m: int, d: int) -> None:
     # fewer samples than dimensions takes the N x M singular-value route; it must equal the
-    # D x D route on the fitted statistics
+    # D x D route on the fitted statistics. That route takes square roots of eigenvalues that are
+    # zero up to rounding (rank N - 1 < D), ~1e-8 each: up to 1.3e-8 relative over 900 seeds
     a = torch.randn(n, d, dtype=torch.float64) * torch.rand(d, dtype=torch.float64)
     b = torch.randn(m, d, dtype=torch.float64) + 0.5
     want = frechet_distance(*feature_statistics(a), *feature_statistics(b))
-    assert frechet_distance_of_features(a, b) == pytest.approx(want, rel=1e-8)
-    assert frechet_distance_of_features(b, a) == pytest.approx(want, rel=1e-8)
+    assert frechet_distance_of_features(a, b) == pytest.approx(want, rel=1e-6)
+    assert frechet_distance_of_features(b, a) == pytest.approx(want, rel=1e-6)
     assert frechet_distance_of_features(a, a.clone()) == pytest.approx(0.0, abs=1e-9)
 
 

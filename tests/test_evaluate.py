@@ -23,8 +23,8 @@ from dalle_fast.evaluate.inception import FIDInception
 from dalle_fast.evaluate.report import FORMAT, KEYS, SECTION_KEYS
 from dalle_fast.model import DALLE
 from dalle_fast.tokenizer import CaptionTokenizer
-from dalle_fast.train.data import dataset_captions
-from dalle_fast.train.errors import UsageError
+from dalle_fast.data.splits import dataset_captions
+from dalle_fast.run import UsageError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ACCURACY_KEYS = ["size", "color", "shape", "position", "all"]

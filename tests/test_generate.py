@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from stage_runs import one_thread  # noqa: F401 - a fixture
 
-import dalle_fast.generate.text_to_image as text_to_image
+import dalle_fast.text_to_image as text_to_image
 from dalle_fast.checkpoint import Checkpoint, save_checkpoint
 from dalle_fast.clip import CLIP
 from dalle_fast.config import preset

@@ -32,14 +32,13 @@ from dalle_fast.train.dalle import (
     HELD_IN_PROMPTS,
     HELD_OUT_PROMPTS,
     SAMPLES_PER_PROMPT,
-    load_dalle,
     sample_prompts,
     training_text,
 )
-from dalle_fast.train.data import load_data
-from dalle_fast.train.errors import UsageError
+from dalle_fast.data.splits import load_data
+from dalle_fast.run import UsageError, load_dalle
 from dalle_fast.train.tokens import CACHE_FILE, cache_key, read_cache, token_cache
-from dalle_fast.train.vae import load_vae
+from dalle_fast.run import load_vae
 
 FIXTURES = Path(__file__).parent / "fixtures"
 STEPS = 4

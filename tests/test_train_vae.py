@@ -32,9 +32,10 @@ from dalle_fast.dvae import DiscreteVAE
 from dalle_fast.ema import EMA
 from dalle_fast.grid import PADDING
 from dalle_fast.train import main
-from dalle_fast.train.data import IndexStream
+from dalle_fast.run import load_vae
+from dalle_fast.train.loader import IndexStream
 from dalle_fast.train.vae_augment import augment
-from dalle_fast.train.vae_eval import GRID_IMAGES
+from dalle_fast.validation import GRID_IMAGES
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TRAIN_KEYS = {"stage", "split", "step", "loss", "recon", "kl", "marginal_kl", "tau", "kl_weight", "lr", "decoder_only",
@@ -80,7 +81,7 @@ def test_cli_run_writes_config_metrics_grid_and_checkpoint(tiny_run: tuple[Path,
     model = DiscreteVAE(config)
     assert {k: v.shape for k, v in weights.items()} == {k: v.shape for k, v in model.state_dict().items()}
     model.load_state_dict(weights)
-    loaded = dalle_fast.train.vae.load_vae(config, run_dir)  # no EMA in this run: the model's weights
+    loaded = load_vae(config, run_dir)  # no EMA in this run: the model's weights
     assert not loaded.training
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in weights.items())
 
@@ -235,7 +236,7 @@ def test_a_pointer_to_a_mismatched_file_is_refused(tmp_path: Path) -> None:
 
 def test_load_vae_without_a_checkpoint_says_to_train_it(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="--stage vae"):
-        dalle_fast.train.vae.load_vae(preset("tiny"), tmp_path)
+        load_vae(preset("tiny"), tmp_path)
 
 
 def test_user_folder_with_broken_images_trains(tmp_path: Path) -> None:

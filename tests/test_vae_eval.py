@@ -7,7 +7,7 @@ import torch
 
 from dalle_fast.data.shapes_draw import render
 from dalle_fast.data.shapes_spec import Attributes
-from dalle_fast.train.vae_eval import summary, validate_vae
+from dalle_fast.validation import summary, validate_vae
 
 HOLDOUT = (("red", "triangle"), ("blue", "circle"))
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from ..checks import check_int
 from .dates import is_date_like
 from .english import looks_english
 
@@ -33,8 +34,7 @@ class DataFilters:
         for name in ("date_like", "non_english", "too_short", "bad_aspect"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"DataFilters.{name}: must be a bool, got {getattr(self, name)!r}")
-        if isinstance(self.min_words, bool) or not isinstance(self.min_words, int) or self.min_words < 1:
-            raise ValueError(f"DataFilters.min_words: must be an int >= 1, got {self.min_words!r}")
+        check_int("DataFilters.min_words", self.min_words, 1)
         if isinstance(self.max_aspect, bool) or not isinstance(self.max_aspect, (int, float)) \
                 or not 1 <= self.max_aspect < float("inf"):
             raise ValueError(f"DataFilters.max_aspect: must be a finite number >= 1, got {self.max_aspect!r}")

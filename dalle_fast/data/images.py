@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from ..checks import check_int
+
 # File name suffixes taken as images (compared lowercased); anything PIL cannot read among them
 # is counted as unreadable.
 IMAGE_EXTENSIONS = frozenset({
@@ -25,9 +27,7 @@ _WHITE = (255, 255, 255, 255)
 
 def check_image_size(image_size: int) -> int:
     """``image_size`` if it is a positive int, else ``ValueError`` naming the argument."""
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-        raise ValueError(f"image_size must be a positive int, got {image_size!r}")
-    return image_size
+    return check_int("image_size", image_size, 1)
 
 
 def probe_image(path: Path) -> tuple[int, int]:

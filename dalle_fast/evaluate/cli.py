@@ -1,4 +1,4 @@
-"""``python -m dalle_fast.evaluate``: evaluate a trained run (DESIGN section 8).
+"""``python -m dalle_fast.evaluate``: evaluate a trained run (docs/design.md#command-line).
 
     python -m dalle_fast.evaluate --run runs/NAME [--data shapes|DIR|captions.json [--images DIR]]
         [--split val|test] [--num-prompts N] [--samples-per-prompt S] [--seed 0]
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..cli_types import non_negative_float, positive_int
-from ..train.errors import UsageError
+from ..errors import UsageError
 from .data import EVAL_SPLITS
 from .pipeline import EvalOptions, evaluate
 from .report import REPORT_JSON, write_report

@@ -3,7 +3,7 @@
 - Built-in ``shapes`` data: the ``val`` or ``test`` split as the run's config sets it up, with the
   attributes of every item (the ground truth of attribute accuracy).
 - User data (a folder, a COCO-style captions JSON with its images, or a CUB tree): ``val`` is the
-  held-out share of the data that training drew (:func:`dalle_fast.train.data.load_data`, the same
+  held-out share of the data that training drew (:func:`dalle_fast.data.splits.load_data`, the same
   seed, so the same images); ``test`` is every image of the data given, except on a CUB tree
   with ``train_test_split.txt``, where it is the official test split. Point ``--data`` at data the
   run did not train on (COCO val2014 captions, CUB test) for a test set proper.
@@ -19,8 +19,8 @@ from torch.utils.data import Dataset
 from ..config import Config
 from ..data import Attributes, ShapesDataset
 from ..data.cub import SPLIT_LIST, CubCaptions, find_cub
-from ..train.data import item_captions, load_data
-from ..train.errors import UsageError
+from ..data.splits import item_captions, load_data
+from ..run import UsageError
 
 EVAL_SPLITS = ("val", "test")
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..train.errors import UsageError
+from ..errors import UsageError
 
 INPUT_SIZE = 299
 FEATURES = 2048

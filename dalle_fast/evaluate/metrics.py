@@ -14,8 +14,9 @@ from typing import Protocol
 
 import torch
 
+from ..checks import check_int
 from ..data import Attributes, read_attributes
-from ..metrics import _check_images
+from ..metrics import check_images
 
 ATTRIBUTE_FIELDS: tuple[str, ...] = ("size", "color", "shape", "position")
 ALL = "all"  # the key of "every attribute right" in attribute accuracies
@@ -108,7 +109,7 @@ def clip_score(model: Embedder, tokens: torch.Tensor, images: torch.Tensor) -> t
     ``images`` (N, 3, S, S) in [0, 1] -> (N,) float32."""
     if not isinstance(tokens, torch.Tensor) or tokens.ndim != 2:
         raise ValueError(f"tokens: expected a (N, text_len) tensor, got {getattr(tokens, 'shape', type(tokens))}")
-    _check_images("images", images)
+    check_images("images", images)
     if len(tokens) not in (1, len(images)):
         raise ValueError(f"tokens: {len(tokens)} captions for {len(images)} images; expected 1 or {len(images)}")
     text = torch.nn.functional.normalize(model.encode_text(tokens).float(), dim=-1)
@@ -120,7 +121,7 @@ def attribute_hits(images: torch.Tensor, attributes: Sequence[Attributes]) -> to
     """Which attributes of each image the shapes reader (:func:`dalle_fast.data.read_attributes`)
     reads as ``attributes[n]`` says: images (N, 3, S, S) in [0, 1] -> bool (N, 5), columns
     size, color, shape, position and all four. An image with no visible object misses all."""
-    _check_images("images", images)
+    check_images("images", images)
     if len(attributes) != len(images):
         raise ValueError(f"attributes: has {len(attributes)} records for {len(images)} images")
     rows = []
@@ -147,8 +148,7 @@ def attribute_accuracy(hits: torch.Tensor) -> dict[str, float]:
 def rerank_counts(samples: int) -> list[int]:
     """The numbers of reranked samples of the curve: 1, 2, 4, ... up to ``samples``, and
     ``samples`` itself when it is not a power of two."""
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise ValueError(f"samples: must be an int >= 1, got {samples!r}")
+    check_int("samples", samples, 1)
     counts = [1 << i for i in range(samples.bit_length()) if 1 << i <= samples]
     return counts if counts[-1] == samples else [*counts, samples]
 
@@ -158,8 +158,7 @@ def reranked(scores: torch.Tensor, k: int) -> torch.Tensor:
     (P,) int64 (ties: the earliest sample; k = 1 is the first sample, no reranking)."""
     if not isinstance(scores, torch.Tensor) or not scores.is_floating_point() or scores.ndim != 2:
         raise ValueError(f"scores: expected a float tensor (P, S), got {getattr(scores, 'shape', type(scores))}")
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= scores.shape[1]:
-        raise ValueError(f"k: must be an int in [1, {scores.shape[1]}], got {k!r}")
+    check_int("k", k, 1, scores.shape[1])
     return scores[:, :k].argmax(dim=1)
 
 

@@ -10,7 +10,6 @@ its first k samples (k = 1: the first sample, no reranking).
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,12 +23,11 @@ from tqdm import tqdm
 
 from ..clip import CLIP
 from ..config import with_dataset
-from ..generate import TextToImage
-from ..train.dalle import default_top_k
-from ..train.device import autocast
-from ..train.errors import UsageError
-from ..train.tokens import encode_split
-from ..train.vae_eval import validate_vae
+from ..image_tokens import encode_split
+from ..run import UsageError, autocast
+from ..sampling import default_top_k
+from ..text_to_image import TextToImage
+from ..validation import transformer_losses, validate_vae
 from .data import EvalData, Prompts, choose_prompts, eval_data
 from .inception import inception_features, load_inception
 from .metrics import (
@@ -102,21 +100,14 @@ def generate(pipeline: TextToImage, captions: list[str], samples: int, options: 
     return Samples(torch.stack(images), torch.stack(scores))
 
 
-@torch.no_grad()
-def transformer_losses(pipeline: TextToImage, data: EvalData, batch_size: int,
-                       precision: contextlib.AbstractContextManager) -> dict[str, float]:
+def split_losses(pipeline: TextToImage, data: EvalData, batch_size: int,
+                 precision: contextlib.AbstractContextManager) -> dict[str, float]:
     """Mean text and image cross-entropies (nats) of the transformer over the eval split (each
     item's first caption, its image tokens from the dVAE) and the image loss in bits per token."""
     codes = encode_split(pipeline.vae, data.dataset, batch_size, precision, 0, "eval image tokens")
-    totals = torch.zeros(2, dtype=torch.float64)
-    for start in range(0, len(codes), batch_size):
-        chunk = codes[start:start + batch_size].long().to(pipeline.device)
-        text = pipeline.tokenizer.encode([c[0] for c in data.captions[start:start + batch_size]]).to(pipeline.device)
-        with precision:
-            output = pipeline.dalle(text, chunk)
-        totals += torch.stack([output.text_loss.double().cpu(), output.image_loss.double().cpu()]) * len(chunk)
-    text_loss, image_loss = (totals / len(codes)).tolist()
-    return {"text_loss": text_loss, "image_loss": image_loss, "image_bits_per_token": image_loss / math.log(2)}
+    losses = transformer_losses(pipeline.dalle, pipeline.tokenizer, codes, [c[0] for c in data.captions],
+                                batch_size, precision)
+    return {key: losses[key] for key in ("text_loss", "image_loss", "image_bits_per_token")}
 
 
 def best_and_first(samples: Samples) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,7 +179,7 @@ def evaluate(run_dir: Path, options: EvalOptions) -> tuple[dict[str, Any], Sampl
     precision = autocast(config.train.precision, device)
     vae_metrics = validate_vae(pipeline.vae, data.dataset, data.attributes, options.batch_size, precision,
                                config.data.holdout).metrics
-    losses = transformer_losses(pipeline, data, options.batch_size, precision)
+    losses = split_losses(pipeline, data, options.batch_size, precision)
     samples = generate(pipeline, prompts.captions, samples_per_prompt, options, top_k)
     real = torch.stack([data.dataset[i][0] for i in prompts.indices])
     first, best = best_and_first(samples)

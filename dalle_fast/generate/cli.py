@@ -1,4 +1,4 @@
-"""``python -m dalle_fast.generate``: images for a prompt from a trained run (DESIGN section 8).
+"""``python -m dalle_fast.generate``: images for a prompt from a trained run (docs/design.md#command-line).
 
     python -m dalle_fast.generate --run runs/NAME --prompt "a small red circle in the top left"
         [--num 16] [--keep 4] [--out out.png] [--temperature 1.0] [--top-k K] [--seed 0]
@@ -23,11 +23,10 @@ from PIL import Image, ImageDraw, ImageFont
 from ..atomic import write_atomic
 from ..data.images import load_image
 from ..grid import PADDING, image_grid
-from ..sampling import check_sampling
 from ..cli_types import positive_int
-from ..train.dalle import default_top_k
-from ..train.errors import UsageError
-from .text_to_image import TextToImage
+from ..run import UsageError
+from ..sampling import check_sampling, default_top_k
+from ..text_to_image import TextToImage
 
 COLUMNS = 8  # images per row of the grid
 

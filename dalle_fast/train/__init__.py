@@ -1,4 +1,4 @@
-"""Training (DESIGN section 8): ``python -m dalle_fast.train`` (:func:`main`), or :func:`train`
+"""Training (docs/design.md#command-line): ``python -m dalle_fast.train`` (:func:`main`), or :func:`train`
 with a :class:`~dalle_fast.config.Config` from Python."""
 from .cli import main, train
 

@@ -1,4 +1,4 @@
-"""``python -m dalle_fast.train``: the training command (DESIGN section 8).
+"""``python -m dalle_fast.train``: the training command (docs/design.md#command-line).
 
     python -m dalle_fast.train [--stage all|tokenizer|vae|dalle|clip] [--preset demo]
         [--data shapes | --data DIR | --data captions.json --images DIR]
@@ -13,7 +13,7 @@ has none. Other settings of a run directory with checkpoints, and the steps of a
 started, change only in a new ``--out``.
 
 Under ``torchrun --nproc_per_node N`` the same command trains with N processes
-(:func:`.device.process_group`, DDP in :mod:`.loop`): the tokenizer stage runs on rank 0 alone,
+(:func:`dalle_fast.device.process_group`, DDP in :mod:`.loop`): the tokenizer stage runs on rank 0 alone,
 every other stage on all of them, and only rank 0 writes the run directory and prints.
 """
 from __future__ import annotations
@@ -27,20 +27,19 @@ from pathlib import Path
 from ..checkpoint import checkpointed_stages
 from ..cli_types import positive_int
 from ..config import PRESETS, Config, preset, with_dataset
+from ..data.splits import TrainData, load_data
+from ..device import barrier, is_main, process_group
+from ..run import STAGES, UsageError, load_tokenizer, saved_config
 from .clip import STAGE as CLIP_STAGE
 from .clip import train_clip_stage
 from .dalle import STAGE as DALLE_STAGE
 from .dalle import train_dalle_stage
-from .data import TrainData, load_data
-from .device import barrier, is_main, process_group
-from .errors import UsageError
-from .rundir import check_run_dir, saved_config
+from .rundir import check_run_dir
 from .tokenizer import STAGE as TOKENIZER_STAGE
-from .tokenizer import load_tokenizer, train_tokenizer_stage
+from .tokenizer import train_tokenizer_stage
 from .vae import STAGE as VAE_STAGE
 from .vae import train_vae
 
-STAGES = ("tokenizer", "vae", "dalle", "clip")  # in the order --stage all runs them
 # stage -> its trainer: (config, run dir, data, resume) -> a summary line of the result
 BUILT: dict[str, Callable[[Config, Path, TrainData, bool], str]] = {
     TOKENIZER_STAGE: train_tokenizer_stage, VAE_STAGE: train_vae, DALLE_STAGE: train_dalle_stage,

@@ -21,12 +21,12 @@ import torch.nn.functional as F
 
 from ..clip import CLIP, CLIPOutput
 from ..config import Config
+from ..data.splits import TrainData
+from ..run import load_tokenizer
 from ..tokenizer import CaptionTokenizer
 from .clip_eval import validate_clip
-from .data import TrainData
-from .loop import StageTrainer, trained_weights
+from .loop import StageTrainer
 from .optim import decay_matrices_only
-from .tokenizer import load_tokenizer
 
 STAGE = "clip"
 SUMMARY_KEYS = {"text_to_image": "val text->image", "image_to_text": "image->text",
@@ -44,13 +44,6 @@ def train_clip_stage(config: Config, run_dir: Path, data: TrainData, resume: boo
     final = trainer.last_record("val")
     shown = ", ".join(f"{label} {100 * final[key]:.1f}%" for key, label in SUMMARY_KEYS.items() if key in final)
     return f"{trainer.step}/{config.clip.optim.steps} steps, {final['seconds']:.1f} s of training; {shown}"
-
-
-def load_clip(config: Config, run_dir: Path) -> CLIP:
-    """The run's trained CLIP (EMA weights when kept), in eval mode on the CPU."""
-    model = CLIP(config)
-    model.load_state_dict(trained_weights(run_dir, STAGE))
-    return model.eval()
 
 
 class CLIPTrainer(StageTrainer):

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..clip import CLIP, contrastive
 from ..data import COLORS, POSITIONS, SHAPES, SIZES, Attributes, caption
+from ..eval_mode import eval_mode
 from ..tokenizer import CaptionTokenizer
 
 # The axes of the grid of every shapes caption, in the order of Attributes' fields.
@@ -30,24 +31,22 @@ def validate_clip(model: CLIP, tokenizer: CaptionTokenizer, val: Dataset, attrib
     torch's global RNG."""
     device = next(model.parameters()).device
     loader = DataLoader(val, batch_size=batch_size, generator=torch.Generator())  # generator: see docstring
-    was_training = model.training
-    model.eval()
-    sums = {"loss": 0.0, "text_to_image": 0.0, "image_to_text": 0.0}
-    embeddings = []
-    for images, captions in loader:
-        with precision:
-            text = model.encode_text(tokenizer.encode(captions).to(device))
-            image = model.encode_image(images.to(device))
-            output = contrastive(text, image, model.scale())
-        for name in sums:
-            sums[name] += float(getattr(output, name)) * len(images)
-        embeddings.append(image.float())
-    metrics = {name: total / len(val) for name, total in sums.items()}
-    if attributes is not None:
-        with precision:
-            metrics.update(attribute_discrimination(model, tokenizer, torch.cat(embeddings), attributes, holdout,
-                                                    batch_size))
-    model.train(was_training)
+    with eval_mode(model):
+        sums = {"loss": 0.0, "text_to_image": 0.0, "image_to_text": 0.0}
+        embeddings = []
+        for images, captions in loader:
+            with precision:
+                text = model.encode_text(tokenizer.encode(captions).to(device))
+                image = model.encode_image(images.to(device))
+                output = contrastive(text, image, model.scale())
+            for name in sums:
+                sums[name] += float(getattr(output, name)) * len(images)
+            embeddings.append(image.float())
+        metrics = {name: total / len(val) for name, total in sums.items()}
+        if attributes is not None:
+            with precision:
+                metrics.update(attribute_discrimination(model, tokenizer, torch.cat(embeddings), attributes, holdout,
+                                                        batch_size))
     return metrics
 
 

@@ -21,34 +21,30 @@ fixed seed, decodes them with the dVAE and saves ``dalle_samples_<step>.png`` an
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from ..config import Config
-from ..data import Attributes
+from ..data.shapes_spec import Attributes
+from ..data.splits import TrainData
 from ..dvae import DiscreteVAE
 from ..grid import save_grid
 from ..metrics import attribute_agreement
 from ..model import DALLE, DALLEOutput
-from ..sampling import sample_image_tokens
+from ..run import autocast, load_tokenizer, load_vae, pick_device
+from ..sampling import default_top_k, sample_image_tokens
 from ..tokenizer import CaptionTokenizer
-from .data import TrainData
-from .device import autocast, pick_device
-from .loop import StageTrainer, trained_weights
+from ..validation import transformer_losses
+from .loop import StageTrainer
 from .optim import decay_matrices_only
-from .tokenizer import load_tokenizer
 from .tokens import CaptionedTokens, TokenCache, token_cache, token_data
-from .vae import load_vae
 
 STAGE = "dalle"
 HELD_IN_PROMPTS, HELD_OUT_PROMPTS = 6, 2  # prompts of the sample grid (user data: all 8 from the first val items)
 SAMPLES_PER_PROMPT = 4
-TOP_K_FRACTION = 0.25  # samples draw from the top quarter of the image codes
 CAPTION_STREAM = 0x5EED_CA9  # tells the caption generators' seeds apart from other streams of the run seed
 
 
@@ -71,14 +67,6 @@ def train_dalle_stage(config: Config, run_dir: Path, data: TrainData, resume: bo
     return ", ".join([line, *(f"{label} {100 * final[key]:.1f}%" for key, label in shown.items() if key in final)])
 
 
-def load_dalle(config: Config, run_dir: Path) -> DALLE:
-    """The run's trained transformer (EMA weights when kept), in eval mode on the CPU; a run
-    without a dalle checkpoint raises ``UsageError`` saying to train that stage."""
-    model = DALLE(config)
-    model.load_state_dict(trained_weights(run_dir, STAGE))
-    return model.eval()
-
-
 class Prompts(NamedTuple):
     """The fixed prompts of the sample grid: val ``indices``, their ``captions``, and which of
     them show a held-out (color, shape) pair (``heldout``; shapes data only, else None)."""
@@ -86,12 +74,6 @@ class Prompts(NamedTuple):
     indices: list[int]
     captions: list[str]
     heldout: list[bool] | None
-
-
-def default_top_k(config: Config) -> int:
-    """Image codes sampled among by default (training grids, generate, evaluate): the top
-    ``TOP_K_FRACTION`` of the codebook, at least 1."""
-    return max(1, round(TOP_K_FRACTION * config.image_vocab))
 
 
 class DALLETrainer(StageTrainer):
@@ -125,27 +107,13 @@ class DALLETrainer(StageTrainer):
 
     @torch.no_grad()
     def evaluate(self, model: DALLE) -> dict[str, Any]:
-        """Val losses and the sample grid (with its attribute accuracy on the shapes data)."""
-        was_training = model.training
-        model.eval()
-        metrics = self.val_losses(model)
-        metrics.update(self.sample_grid(model))
-        model.train(was_training)
-        return metrics
-
-    def val_losses(self, model: DALLE) -> dict[str, float]:
-        """Mean loss, text_loss and image_loss over the val split (each item's first caption,
-        no dropout) and the image bits per token."""
+        """Val losses (each item's first caption, no dropout) and the sample grid (with its
+        attribute accuracy on the shapes data)."""
         val: CaptionedTokens = self.data.val
-        totals = torch.zeros(3, dtype=torch.float64)
-        for image, indices in DataLoader(val, batch_size=self.optim.batch_size, generator=torch.Generator()):
-            text = self.tokenizer.encode([val.captions[i][0] for i in indices.tolist()])
-            with self.precision():
-                output = model(text.to(self.device), image.to(self.device))
-            totals += torch.stack([t.detach().double().cpu() for t in output]) * len(image)
-        loss, text_loss, image_loss = (totals / len(val)).tolist()
-        return {"loss": loss, "text_loss": text_loss, "image_loss": image_loss,
-                "image_bits_per_token": image_loss / math.log(2)}
+        metrics = transformer_losses(model, self.tokenizer, val.tokens, [c[0] for c in val.captions],
+                                     self.optim.batch_size, self.precision())
+        metrics.update(self.sample_grid(model))
+        return metrics
 
     def sample_grid(self, model: DALLE) -> dict[str, float]:
         """Sample ``SAMPLES_PER_PROMPT`` images per prompt from a fixed seed, save the grid, and

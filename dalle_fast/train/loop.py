@@ -12,11 +12,11 @@ Every ``log_every`` steps a train record goes to ``metrics.jsonl``; every ``eval
 (and at the end) a val record; every ``checkpoint_every`` steps (and at the end) a checkpoint.
 A checkpoint holds everything the rest of the run depends on: weights (EMA weights under
 ``ema.`` when enabled), AdamW moments, the RNG states, and the data position (samples consumed
-from the :class:`~.data.IndexStream`), so that resuming from it reproduces the uninterrupted run
+from the :class:`~.loader.IndexStream`), so that resuming from it reproduces the uninterrupted run
 bit for bit, metrics included (except wall-clock seconds).
 
-Under ``torchrun`` (:mod:`.device`) every process runs the same loop on its slice of each global
-batch of ``optim.batch_size`` (:func:`~.data.train_loader`), through ``DistributedDataParallel``,
+Under ``torchrun`` (:mod:`dalle_fast.device`) every process runs the same loop on its slice of each global
+batch of ``optim.batch_size`` (:func:`~.loader.train_loader`), through ``DistributedDataParallel``,
 which averages the gradients: the update equals the single-process update on the whole batch.
 Train records average the processes' values; only rank 0 evaluates, writes records and
 checkpoints and shows the progress bar. All processes share one seed, so their RNG states stay
@@ -38,18 +38,16 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from ..checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from ..checkpoint import EMA_PREFIX, Checkpoint, load_checkpoint, save_checkpoint
 from ..config import Config, OptimConfig
+from ..data.splits import TrainData
+from ..device import autocast, barrier, is_main, local_batch_size, mean_over_ranks, pick_device, world
 from ..ema import EMA
 from ..schedules import learning_rate
-from .data import TrainData, train_loader
-from .device import autocast, barrier, is_main, local_batch_size, mean_over_ranks, pick_device, world
-from .errors import UsageError
+from .loader import train_loader
 from .log import MetricsLog
 from .optim import load_optimizer_state, make_optimizer, optimizer_state, set_lr
 from .rng import rng_state, set_rng_state
-
-EMA_PREFIX = "ema."
 
 
 class LearningRate(NamedTuple):
@@ -232,17 +230,6 @@ class _StageForward(nn.Module):
 
     def forward(self, batch: Any, settings: NamedTuple) -> NamedTuple:
         return self.stage_forward(batch, settings)
-
-
-def trained_weights(run_dir: Path, stage: str) -> dict[str, torch.Tensor]:
-    """The weights to evaluate and sample with from the latest checkpoint of ``stage`` in
-    ``run_dir``: the EMA's when the run kept one, else the model's. A stage without a checkpoint
-    raises ``UsageError`` saying to train it."""
-    checkpoint = load_checkpoint(run_dir, stage)
-    if checkpoint is None:
-        raise UsageError(f"{run_dir} holds no {stage} checkpoint: train that stage first (--stage {stage})")
-    ema = {name.removeprefix(EMA_PREFIX): t for name, t in checkpoint.weights.items() if name.startswith(EMA_PREFIX)}
-    return ema or checkpoint.weights
 
 
 def seed_everything(seed: int) -> None:

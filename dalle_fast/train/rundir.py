@@ -7,18 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint import checkpointed_stages
-from ..config import CONFIG_FILE, Config
-from .errors import UsageError
-
-
-def saved_config(run_dir: Path) -> Config | None:
-    """The config saved in ``run_dir`` (None if there is none)."""
-    if not (run_dir / CONFIG_FILE).exists():
-        return None
-    try:
-        return Config.load(run_dir)
-    except ValueError as e:  # also malformed JSON
-        raise UsageError(f"--out {run_dir}: cannot read its {CONFIG_FILE}: {e}") from None
+from ..config import Config
+from ..run import UsageError, saved_config
 
 
 def check_run_dir(run_dir: Path, config: Config, resume: bool, stages: Sequence[str] | None = None,

@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import Config
+from ..data.splits import TrainData, dataset_captions
+from ..run import load_tokenizer
 from ..tokenizer import CaptionTokenizer, tokenizer_path
-from .data import TrainData, dataset_captions
-from .errors import UsageError
 
 STAGE = "tokenizer"
 SHAPES_CAPTIONS = 20_000
@@ -37,23 +37,3 @@ def train_tokenizer_stage(config: Config, run_dir: Path, data: TrainData, resume
     return (f"{'kept the existing tokenizer' if kept else 'trained'} on {len(captions)} captions: "
             f"{tokenizer.learned_vocab}/{tokenizer.vocab_size} ids learned, "
             f"{100 * tokenizer.truncated / len(captions):.2f}% of the captions cut at text_len {tokenizer.text_len}")
-
-
-def load_tokenizer(config: Config, run_dir: Path) -> CaptionTokenizer:
-    """The run's tokenizer (``run_dir/tokenizer.json``), checked against ``config.transformer``
-    (``text_vocab``, ``text_len``); a missing or mismatched file raises ``UsageError`` saying
-    what to do."""
-    path = tokenizer_path(run_dir)
-    if not path.exists():
-        raise UsageError(f"{path} is missing: run the tokenizer stage first (--stage tokenizer, "
-                         f"with the same --out)")
-    try:
-        tokenizer = CaptionTokenizer.load(path)
-    except ValueError as e:
-        raise UsageError(f"{e}; run the tokenizer stage again (--stage tokenizer)") from None
-    want = (config.transformer.text_vocab, config.transformer.text_len)
-    if (tokenizer.vocab_size, tokenizer.text_len) != want:
-        raise UsageError(f"{path} was trained for vocab_size {tokenizer.vocab_size} and text_len "
-                         f"{tokenizer.text_len}, but the config has transformer.text_vocab {want[0]} and "
-                         f"transformer.text_len {want[1]}; run the tokenizer stage again (--stage tokenizer)")
-    return tokenizer

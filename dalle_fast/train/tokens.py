@@ -20,14 +20,14 @@ from typing import NamedTuple
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
+from torch.utils.data import Dataset
 
 from ..atomic import write_atomic
 from ..config import Config
+from ..data.splits import TrainData, item_captions
+from ..device import barrier, is_main
 from ..dvae import DiscreteVAE
-from .data import TrainData, item_captions
-from .device import barrier, is_main
+from ..image_tokens import encode_split
 
 CACHE_FILE = "dalle_tokens.safetensors"
 FORMAT = "dalle_fast.tokens/1"
@@ -102,27 +102,6 @@ def cache_key(config: Config, data: TrainData, vae: DiscreteVAE) -> str:
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
-
-
-@torch.no_grad()
-def encode_split(vae: DiscreteVAE, dataset: Dataset, batch_size: int, precision: contextlib.AbstractContextManager,
-                 num_workers: int, desc: str) -> torch.Tensor:
-    """The tokens of every image of ``dataset`` (items ``(image, caption)``) in order: (N,
-    grid_size**2), int16 when the codebook has at most 2**15 codes, else int32. Draws nothing
-    from torch's global RNG."""
-    device = next(vae.parameters()).device
-    dtype = torch.int16 if vae.codebook.shape[0] <= 2**15 else torch.int32
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, generator=torch.Generator())
-    was_training = vae.training
-    vae.eval()
-    tokens = []
-    with tqdm(total=len(dataset), desc=desc, unit="image", dynamic_ncols=True, disable=not is_main()) as progress:
-        for images, _ in loader:
-            with precision:
-                tokens.append(vae.encode(images.to(device, non_blocking=True)).flatten(1).to("cpu", dtype))
-            progress.update(len(images))
-    vae.train(was_training)
-    return torch.cat(tokens)
 
 
 def read_cache(run_dir: Path, key: str) -> dict[str, torch.Tensor] | None:

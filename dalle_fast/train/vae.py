@@ -1,4 +1,4 @@
-"""Stage ``vae``: train the discrete VAE (DESIGN section 4) in a run directory, on the shared
+"""Stage ``vae``: train the discrete VAE (docs/design.md#dvae) in a run directory, on the shared
 loop of :mod:`.loop` (cadence, checkpoints and exact resume are described there).
 
 Every step takes its temperature, KL weight and learning rate from
@@ -6,7 +6,7 @@ Every step takes its temperature, KL weight and learning rate from
 (:mod:`.vae_augment`). The last ``decoder_finetune_fraction`` of the steps train the decoder
 alone, on the argmax tokens of un-augmented images
 (:meth:`~dalle_fast.dvae.DiscreteVAE.decoder_forward`). Every eval reconstructs the val split
-through tokens (:mod:`.vae_eval`), logs its metrics and saves a grid of originals above their
+through tokens (:func:`dalle_fast.validation.validate_vae`), logs its metrics and saves a grid of originals above their
 reconstructions as ``vae_samples_<step>.png`` and ``vae_samples_latest.png``.
 """
 from __future__ import annotations
@@ -21,10 +21,10 @@ from ..dvae import DiscreteVAE, VAEOutput
 from ..grid import save_grid
 from ..metrics import codebook_usage
 from ..schedules import VAESchedule, vae_schedule
-from .data import TrainData
-from .loop import StageTrainer, trained_weights
+from ..data.splits import TrainData
+from ..validation import summary, validate_vae
+from .loop import StageTrainer
 from .vae_augment import augment
-from .vae_eval import summary, validate_vae
 
 STAGE = "vae"
 
@@ -37,14 +37,6 @@ def train_vae(config: Config, run_dir: Path, data: TrainData, resume: bool) -> s
     trainer.run(resume)
     final = trainer.last_record("val")
     return f"{trainer.step}/{config.vae.optim.steps} steps, {final['seconds']:.1f} s of training; {summary(final)}"
-
-
-def load_vae(config: Config, run_dir: Path) -> DiscreteVAE:
-    """The run's trained dVAE (EMA weights when kept), in eval mode on the CPU; a run without a
-    vae checkpoint raises ``UsageError`` saying to train that stage."""
-    model = DiscreteVAE(config)
-    model.load_state_dict(trained_weights(run_dir, STAGE))
-    return model.eval()
 
 
 class VAETrainer(StageTrainer):

@@ -9,26 +9,19 @@ from __future__ import annotations
 import math
 import os
 import sys
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 
-from ..checkpoint import checkpointed_stages
-from ..clip import CLIP
-from ..config import Config
-from ..dvae import DiscreteVAE
-from ..model import DALLE
-from ..sampling import check_sampling, sample_image_tokens
-from ..tokenizer import CaptionTokenizer
-from ..train.clip import STAGE as CLIP_STAGE
-from ..train.clip import load_clip
-from ..train.dalle import load_dalle
-from ..train.device import autocast, pick_device
-from ..train.errors import UsageError
-from ..train.rundir import saved_config
-from ..train.tokenizer import load_tokenizer
-from ..train.vae import load_vae
+from .checks import check_int
+from .clip import CLIP
+from .config import Config
+from .dvae import DiscreteVAE
+from .model import DALLE
+from .run import RUN_FLAG, UsageError, autocast, has_stage, load_clip, load_dalle, load_tokenizer, load_vae, \
+    open_run, pick_device
+from .sampling import check_sampling, sample_image_tokens
+from .tokenizer import CaptionTokenizer
 
 SCORE_BATCH = 64  # images per CLIP forward when scoring
 
@@ -42,13 +35,6 @@ class GenerationResult(NamedTuple):
     scores: torch.Tensor
     all_images: torch.Tensor
     all_scores: torch.Tensor
-
-
-def _check_count(name: str, value: object, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
-        bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{name}: must be an int {bounds}, got {value!r}")
-    return value
 
 
 class TextToImage:
@@ -67,15 +53,10 @@ class TextToImage:
         """Load the run in ``run_dir`` onto ``device`` (default: the GPU if there is one). A
         missing directory, config, tokenizer, vae or dalle checkpoint raises ``UsageError``
         saying what to do."""
-        run_dir = Path(run_dir)
-        if not run_dir.is_dir():
-            raise UsageError(f"--run: no such run directory: {run_dir}")
-        config = saved_config(run_dir)
-        if config is None:
-            raise UsageError(f"--run {run_dir}: holds no config.json; not a run directory of python -m dalle_fast.train")
-        tokenizer = load_tokenizer(config, run_dir)
-        vae, dalle = load_vae(config, run_dir), load_dalle(config, run_dir)
-        clip = load_clip(config, run_dir) if CLIP_STAGE in checkpointed_stages(run_dir) else None
+        run_dir, config = open_run(run_dir, RUN_FLAG)
+        tokenizer = load_tokenizer(config, run_dir, RUN_FLAG)
+        vae, dalle = load_vae(config, run_dir, RUN_FLAG), load_dalle(config, run_dir, RUN_FLAG)
+        clip = load_clip(config, run_dir, RUN_FLAG) if has_stage(run_dir, "clip") else None
         return cls(config, tokenizer, vae, dalle, clip, pick_device() if device is None else torch.device(device))
 
     @property
@@ -87,7 +68,7 @@ class TextToImage:
         """The top ``prime_rows`` token rows of ``prime_image`` (3, H, W) in [0, 1], as the first
         (1, prime_rows * grid_size) image tokens; None when ``prime_rows`` is 0 and no image is given."""
         grid = self.config.grid_size
-        _check_count("prime_rows", prime_rows, 0, grid)
+        check_int("prime_rows", prime_rows, 0, grid)
         if prime_image is None:
             if prime_rows:
                 raise ValueError(f"prime_image: needed for prime_rows {prime_rows}")
@@ -111,8 +92,8 @@ class TextToImage:
         image's top ``prime_rows`` token rows and completes the rest."""
         if not isinstance(prompt, str):
             raise TypeError(f"prompt: expected a str, got {type(prompt).__name__}")
-        _check_count("num", num, 1)
-        _check_count("batch_size", batch_size, 1)
+        check_int("num", num, 1)
+        check_int("batch_size", batch_size, 1)
         check_sampling(temperature, top_k)
         prime = self.prime_tokens(prime_image, prime_rows)
         text = self.tokenizer.encode([prompt]).to(self.device)
@@ -141,8 +122,8 @@ class TextToImage:
     def generate(self, prompt: str, num: int, keep: int, **sample_kwargs: Any) -> GenerationResult:
         """Sample ``num`` images for ``prompt`` (``sample_kwargs`` as :meth:`sample`) and keep the
         ``keep`` best by CLIP score, best first; without a CLIP, the first ``keep`` (a warning is printed)."""
-        _check_count("num", num, 1)
-        _check_count("keep", keep, 1, num)
+        check_int("num", num, 1)
+        check_int("keep", keep, 1, num)
         images = self.sample(prompt, num, **sample_kwargs)
         if self.clip is None:
             print(f"warning: the run has no clip checkpoint: keeping the first {keep} of {num} samples without "
