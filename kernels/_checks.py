@@ -29,10 +29,18 @@ def check_same_device(**tensors: torch.Tensor) -> None:
             raise ValueError(f"{name}: on {value.device}, but {first} is on {ref.device}")
 
 
+def check_int(name: str, value, minimum: int | None = None) -> int:
+    """``value`` itself: TypeError unless it is an int (a bool is not), ValueError when below ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name}: must be >= {minimum}, got {value}")
+    return value
+
+
 def normalize_dim(dim, ndim: int, name: str = "dim") -> int:
     """``dim`` as a non-negative axis of a tensor with ``ndim`` dimensions."""
-    if isinstance(dim, bool) or not isinstance(dim, int):
-        raise TypeError(f"{name}: expected an int, got {type(dim).__name__}")
+    check_int(name, dim)
     if not -ndim <= dim < ndim:
         raise ValueError(f"{name}: {dim} is out of range for a tensor with {ndim} dimension(s)")
     return dim % ndim

@@ -2,6 +2,7 @@
 ``codebook[indices]`` indexing, and a float64 scatter-add for the gradient."""
 import pytest
 import torch
+from oracles import scatter_add_float64
 
 import dalle_kernels as dk
 from dalle_kernels.ops.codebook_lookup.kernel import codebook_lookup_backward
@@ -34,13 +35,6 @@ def indexing(indices: torch.Tensor, codebook: torch.Tensor, dim: int) -> torch.T
     return codebook[indices.long()].movedim(-1, dim)
 
 
-def scatter_add_float64(indices: torch.Tensor, grad_out: torch.Tensor, num_codes: int, dim: int) -> torch.Tensor:
-    """d codebook in float64: every output vector's gradient added to its code's row."""
-    rows = grad_out.detach().double().movedim(dim, -1).reshape(-1, grad_out.shape[dim])
-    expected = torch.zeros(num_codes, rows.shape[1], dtype=torch.float64, device=rows.device)
-    return expected.index_add_(0, indices.reshape(-1).long(), rows)
-
-
 @pytest.mark.parametrize("shape, dim, num_codes, size", CASES)
 def test_forward_matches_reference_and_indexing(shape, dim, num_codes, size, device):
     for dtype in kernel_dtypes(device):
@@ -54,7 +48,7 @@ def test_forward_matches_reference_and_indexing(shape, dim, num_codes, size, dev
 
 
 def test_design_worked_example(device):
-    """DESIGN section 2: hard codes [1, 1, 0, 2] on the 2x2 grid pick e1, e1, e0, e2 (channels-first)."""
+    """docs/design.md#worked-example: hard codes [1, 1, 0, 2] on the 2x2 grid pick e1, e1, e0, e2 (channels-first)."""
     codebook = torch.tensor([[0.1, 0.2, 0.3], [0.4, 0.5, 0.6], [0.7, 0.8, 0.9]], device=device)
     indices = torch.tensor([[[1, 1], [0, 2]]], device=device)
     out = dk.codebook_lookup(indices, codebook, dim=1)
@@ -119,8 +113,7 @@ def test_backward_launcher_contract(outer, size, inner, device):
             grad_out = torch.randn(outer, size, inner, device=device).to(dtype)
             grad = codebook_lookup_backward(indices, grad_out, inner, num_codes)
             assert grad.dtype == torch.float32 and grad.shape == (num_codes, size)
-            expected = torch.zeros(num_codes, size, dtype=torch.float64, device=device)
-            expected.index_add_(0, indices.long(), grad_out.double().permute(0, 2, 1).reshape(-1, size))
+            expected = scatter_add_float64(indices, grad_out, num_codes, 1)
             assert_close(grad, expected, torch.float32, "launcher gradient")
 
 

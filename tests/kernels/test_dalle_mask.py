@@ -1,14 +1,14 @@
-"""``dalle_mask``: the dense mask against DESIGN section 3 written out entry by entry, hand-checked
-entries, the block layout the kernels iterate (full / partial / skipped tiles, in the kernels'
-order), the key lists of cached decoding, caching, and bad arguments. Pure PyTorch: no kernel runs."""
+"""``dalle_mask``: the dense mask against docs/design.md#attention-masks written out entry by entry,
+hand-checked entries, the block layout the kernels iterate (full / partial / skipped tiles, in the
+kernels' order), the key lists of cached decoding, caching, and bad arguments. Pure PyTorch: no
+kernel runs."""
 import pytest
 import torch
+from oracles import KINDS, column_major_order, loop_mask
 
 import dalle_kernels as dk
 from dalle_kernels.ops.sparse_attention.layout import FULL, PARTIAL, SKIP, block_classes, block_layout, decode_keys
-from mask_formula import column_major_order, loop_mask
 
-KINDS = ("full", "row", "column", "conv")
 # (text_len, image_size, conv_kernel): a single image token; odd and even W, none a power of two
 # but one; k < W, k = W, and k > W (the neighbourhood wraps onto itself and covers the grid);
 # and the paper's shape.
@@ -149,7 +149,8 @@ def test_mask_fields():
     assert (mask.kind, mask.text_len, mask.image_size, mask.conv_kernel, mask.block) == ("conv", 16, 4, 3, 32)
     assert mask.seq_len == 32
     assert dk.dalle_mask("row", 16, 4).conv_kernel == 11 and dk.dalle_mask("row", 16, 4).block == 64
-    assert mask == dk.dalle_mask("conv", 16, 4, 3, block=32) and len({mask, dk.dalle_mask("conv", 16, 4, 3, block=32)}) == 1
+    same = dk.dalle_mask("conv", 16, 4, 3, block=32)
+    assert mask == same and len({mask, same}) == 1
 
 
 def test_bad_arguments():

@@ -4,6 +4,7 @@ rows and several blocks of the vocabulary, with ignored rows, row-slice weights 
 import pytest
 import torch
 import torch.nn.functional as F
+from oracles import cross_entropy_float64, gradients, record_allocations
 
 import dalle_kernels as dk
 from dalle_kernels.backend import ENV_VAR
@@ -42,16 +43,7 @@ def inputs(n, d, v, device, dtype=torch.float32, bias=True, ignored=0.2, ignore_
 def loss_and_grads(fn, hidden, weight, bias, target, grad_out, **options):
     """``fn``'s loss and its gradients wrt fresh leaves of (hidden, weight, bias) for ``grad_out``
     (None for an input that is None)."""
-    leaves = [None if t is None else t.detach().requires_grad_() for t in (hidden, weight, bias)]
-    loss = fn(leaves[0], leaves[1], target, bias=leaves[2], **options)
-    wanted = [t for t in leaves if t is not None]
-    grads = iter(torch.autograd.grad(loss, wanted, grad_out.to(loss.dtype)))
-    return (loss, *(None if t is None else next(grads) for t in leaves))
-
-
-def float64_oracle(hidden, weight, target, *, bias=None, ignore_index=-100, reduction="mean"):
-    return fused_linear_cross_entropy_reference(hidden.double(), weight.double(), target,
-                                                None if bias is None else bias.double(), ignore_index, reduction)
+    return gradients(lambda h, w, b: fn(h, w, target, bias=b, **options), (hidden, weight, bias), grad_out)
 
 
 def upstream(reduction, rows, device):
@@ -66,7 +58,7 @@ def check(hidden, weight, bias, target, dtype=torch.float32, factor=1.0, **optio
     reduction = options.get("reduction", "mean")
     grad_out = upstream(reduction, hidden.shape[0], hidden.device)
     ours = loss_and_grads(dk.fused_linear_cross_entropy, hidden, weight, bias, target, grad_out, **options)
-    expected = loss_and_grads(float64_oracle, hidden, weight, bias, target, grad_out, **options)
+    expected = loss_and_grads(cross_entropy_float64, hidden, weight, bias, target, grad_out, **options)
     assert ours[0].dtype == hidden.dtype and ours[0].shape == expected[0].shape
     for name, actual, reference in zip(("loss", "dhidden", "dweight", "dbias"), ours, expected):
         if reference is not None:
@@ -80,10 +72,10 @@ def check(hidden, weight, bias, target, dtype=torch.float32, factor=1.0, **optio
 
 def test_cases_span_several_chunks_and_vocabulary_blocks():
     """The shapes above exercise what they claim (guards against a change of the launch settings)."""
-    one, two_blocks, many_chunks = (flce_kernel._launch_settings(n, v, d) for n, d, v in CASES)
-    assert one.chunk_rows == 1
-    assert 1 < 4500 / two_blocks.block_v < 2 and two_blocks.chunk_rows < 37
-    assert 150 // many_chunks.chunk_rows >= 4 and 150 % many_chunks.chunk_rows != 0
+    one, two_blocks, many_chunks = (flce_kernel._chunk_rows(n, v, d) for n, d, v in CASES)
+    assert one == 1
+    assert 1 < 4500 / flce_kernel._launch_settings(4500)["BLOCK_V"] < 2 and two_blocks < 37
+    assert 150 // many_chunks >= 4 and 150 % many_chunks != 0
 
 
 def test_default_chunk_sizes(monkeypatch):
@@ -91,11 +83,11 @@ def test_default_chunk_sizes(monkeypatch):
     # 8192 codes, D = 512: 2048 and 4096 rows (64 MiB of bfloat16 logits each); the buffer stays
     # within MAX_CHUNK_ELEMENTS for any vocabulary, and never has more rows than hidden.
     monkeypatch.setattr(flce_kernel, "MIN_CHUNK_ELEMENTS", DEFAULT_MIN_CHUNK_ELEMENTS)
-    settings = flce_kernel._launch_settings
-    assert settings(8192, 16640, 512).chunk_rows == 2048 and settings(32768, 8192, 512).chunk_rows == 4096
-    assert settings(10, 8192, 512).chunk_rows == 10 and settings(1 << 20, 64, 4096).chunk_rows == 1 << 20
+    chunk_rows = flce_kernel._chunk_rows
+    assert chunk_rows(8192, 16640, 512) == 2048 and chunk_rows(32768, 8192, 512) == 4096
+    assert chunk_rows(10, 8192, 512) == 10 and chunk_rows(1 << 20, 64, 4096) == 1 << 20
     for vocab in (8192, 16640, 10**6, 10**8):
-        assert 1 <= settings(1 << 20, vocab, 512).chunk_rows * vocab <= max(vocab, flce_kernel.MAX_CHUNK_ELEMENTS)
+        assert 1 <= chunk_rows(1 << 20, vocab, 512) * vocab <= max(vocab, flce_kernel.MAX_CHUNK_ELEMENTS)
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -154,7 +146,7 @@ def test_gradient_of_one_input_only(device, needs, reduction):
     grad_out = upstream(reduction, 33, device)
     (actual,) = torch.autograd.grad(dk.fused_linear_cross_entropy(**tensors, target=target, reduction=reduction),
                                     tensors[needs], grad_out)
-    (expected,) = torch.autograd.grad(float64_oracle(**tensors, target=target, reduction=reduction),
+    (expected,) = torch.autograd.grad(cross_entropy_float64(**tensors, target=target, reduction=reduction),
                                       tensors[needs], grad_out.double())
     assert_close(actual, expected, torch.float32, f"d{needs}")
 
@@ -190,7 +182,7 @@ def test_row_slice_weights_pass_gradients_to_the_parent(device, transposed_paren
                 + 7 * fn(h_image, w[v_text:], image_target, bias=b[v_text:]) / 8)
 
     results = []
-    for fn, cast in ((dk.fused_linear_cross_entropy, lambda t: t), (float64_oracle, torch.Tensor.double)):
+    for fn, cast in ((dk.fused_linear_cross_entropy, lambda t: t), (cross_entropy_float64, torch.Tensor.double)):
         leaves = [cast(t).detach().requires_grad_() for t in (parent, parent_bias, text, image)]
         loss = head_loss(fn, *leaves)
         loss.backward()
@@ -249,8 +241,8 @@ def test_nan_propagates_to_its_row_only(device):
     loss = dk.fused_linear_cross_entropy(hidden, weight, target, bias=bias, reduction="none")
     assert torch.isnan(loss[4])
     finite = torch.arange(20, device=device) != 4
-    assert_close(loss[finite], float64_oracle(hidden[finite], weight, target[finite], bias=bias, reduction="none"),
-                 torch.float32)
+    expected = cross_entropy_float64(hidden[finite], weight, target[finite], bias=bias, reduction="none")
+    assert_close(loss[finite], expected, torch.float32)
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -268,18 +260,12 @@ def test_empty_input(device, reduction):
 def test_never_allocates_the_full_logits(device, monkeypatch, reduction):
     # No allocation (forward or backward) comes near the N x V logits; without gradients wanted, none
     # the size of a gradient either.
-    allocated = []
-
-    def recording_new_output(shape, dtype, device):
-        allocated.append(torch.Size(shape).numel())
-        return torch.zeros(shape, dtype=dtype, device=device)
-
-    monkeypatch.setattr(flce_kernel, "new_output", recording_new_output)
+    allocated = record_allocations(monkeypatch, flce_kernel)
     n, d, v = 300, 8, 400
     hidden, weight, bias, target = inputs(n, d, v, device)
     with torch.no_grad():
         dk.fused_linear_cross_entropy(hidden, weight, target, bias=bias, reduction=reduction)
-    assert sorted(allocated) == [n, flce_kernel._launch_settings(n, v, d).chunk_rows * v]  # losses, one chunk
+    assert sorted(allocated) == [n, flce_kernel._chunk_rows(n, v, d) * v]  # losses, one chunk
     allocated.clear()
     loss_and_grads(dk.fused_linear_cross_entropy, hidden, weight, bias, target, upstream(reduction, n, device),
                    reduction=reduction)

@@ -4,23 +4,12 @@ import math
 
 import pytest
 import torch
+from oracles import gumbel_scores_float64, gumbel_softmax_float64, gumbel_softmax_grad_float64
 
 import dalle_kernels as dk
 from dalle_kernels.ops.gumbel_softmax.kernel import launch_settings
 from dalle_kernels.ops.gumbel_softmax.reference import gumbel_softmax_reference
 from dalle_kernels.testing import assert_close, kernel_dtypes
-
-
-def float64_gumbel_softmax(logits: torch.Tensor, noise: torch.Tensor, tau: float, dim: int) -> torch.Tensor:
-    """The formula, in float64: softmax((logits + g) / tau) with g = -log(-log(u))."""
-    z = (logits.double() - torch.log(-torch.log(noise.double()))) / tau
-    return torch.softmax(z, dim)
-
-
-def float64_grad(y: torch.Tensor, dy: torch.Tensor, tau: float, dim: int) -> torch.Tensor:
-    """dlogits of the soft sample y (float64) for the upstream gradient dy."""
-    dy = dy.double()
-    return y * (dy - (dy * y).sum(dim, keepdim=True)) / tau
 
 
 def uniform(shape, device) -> torch.Tensor:
@@ -31,15 +20,14 @@ def takes_two_passes(shape, dim: int) -> bool:
     """Whether the kernel walks this problem's categories in more than one chunk."""
     dim %= len(shape)
     inner, rows = math.prod(shape[dim + 1:]), math.prod(shape) // shape[dim]
-    _, block_k, _ = launch_settings(rows, shape[dim], inner)
-    return shape[dim] > block_k
+    return shape[dim] > launch_settings(rows, shape[dim], inner)["BLOCK_K"]
 
 
 def check_soft_forward(logits: torch.Tensor, noise: torch.Tensor, tau: float, dim: int) -> torch.Tensor:
     y = dk.gumbel_softmax(logits, tau, dim=dim, noise=noise)
     assert y.shape == logits.shape and y.dtype == logits.dtype and y.is_contiguous()
     assert_close(y, gumbel_softmax_reference(logits, tau, False, dim, noise), logits.dtype, "y vs reference")
-    assert_close(y, float64_gumbel_softmax(logits, noise, tau, dim), logits.dtype, "y vs float64")
+    assert_close(y, gumbel_softmax_float64(logits, noise, tau, dim), logits.dtype, "y vs float64")
     return y
 
 
@@ -62,8 +50,8 @@ def check_backward(logits: torch.Tensor, noise: torch.Tensor, tau: float, hard: 
     x_ref = logits.detach().requires_grad_()
     gumbel_softmax_reference(x_ref, tau, hard, dim, noise).backward(dy)
     assert x.grad.shape == logits.shape and x.grad.dtype == logits.dtype
-    y = float64_gumbel_softmax(logits, noise, tau, dim)
-    expected = float64_grad(y, dy, tau, dim)
+    y = gumbel_softmax_float64(logits, noise, tau, dim)
+    expected = gumbel_softmax_grad_float64(y, dy, tau, dim)
     factor = cancellation_factor(y, dy, tau, expected)
     assert_close(x.grad, x_ref.grad, logits.dtype, "dlogits vs reference", factor)
     assert_close(x.grad, expected, logits.dtype, "dlogits vs float64", factor)
@@ -111,8 +99,8 @@ def test_backward_of_nearly_one_hot_rows_is_accurate(device):
     for dtype in kernel_dtypes(device):
         x = logits.to(dtype).detach().requires_grad_()
         dk.gumbel_softmax(x, 1.0, noise=noise).backward(dy.to(dtype))
-        y = float64_gumbel_softmax(x.detach(), noise, 1.0, -1)
-        assert_close(x.grad, float64_grad(y, dy.to(dtype), 1.0, -1), dtype, "dlogits vs float64")
+        y = gumbel_softmax_float64(x.detach(), noise, 1.0, -1)
+        assert_close(x.grad, gumbel_softmax_grad_float64(y, dy.to(dtype), 1.0, -1), dtype, "dlogits vs float64")
 
 
 def test_channels_first_shapes_cover_both_paths():
@@ -164,7 +152,7 @@ def test_hard_is_exact_one_hot_of_float64_argmax(device, shape, dim):
         assert y.dtype == dtype
         assert bool(((y == 0) | (y == 1)).all())
         assert torch.equal(y.sum(dim), torch.ones_like(y.sum(dim)))
-        z = (logits.double() - torch.log(-torch.log(noise.double()))) / 0.7
+        z = gumbel_scores_float64(logits, noise, 0.7)
         assert torch.equal(y.argmax(dim), z.argmax(dim))
         assert torch.equal(y, gumbel_softmax_reference(logits, 0.7, True, dim, noise))
 
@@ -191,7 +179,7 @@ def test_straight_through_gradient_equals_soft_gradient(device):
 
 
 def test_worked_example(device):
-    """DESIGN section 2: logits of a 2x2 grid, channels-first (1, 3, 2, 2)."""
+    """docs/design.md#worked-example: logits of a 2x2 grid, channels-first (1, 3, 2, 2)."""
     logits = torch.tensor([[1.0, 2.0, 0.5], [0.5, 1.5, 1.0], [2.5, 0.5, 1.5], [1.2, 0.8, 2.0]], device=device)
     logits = logits.t().reshape(1, 3, 2, 2)
     zero_noise = torch.full_like(logits, math.exp(-1.0))
@@ -309,7 +297,7 @@ def test_large_k_few_rows(device):
     logits, noise = 4 * torch.randn(2, 65536, device=device), uniform((2, 65536), device)
     check_soft_forward(logits, noise, 1.0, -1)
     hard = dk.gumbel_softmax(logits, 1.0, True, noise=noise)
-    z = logits.double() - torch.log(-torch.log(noise.double()))
+    z = gumbel_scores_float64(logits, noise)
     assert torch.equal(hard.argmax(-1), z.argmax(-1)) and torch.equal(hard.sum(-1), torch.ones(2, device=device))
     check_backward(logits, noise, 1.0, False, -1, torch.randn(2, 65536, device=device))
 
@@ -321,9 +309,9 @@ def test_temperature_extremes(device):
     # rows with a near tie differ from float64 by ~1e-4: the error bound scales with 1 / tau.
     cold = dk.gumbel_softmax(logits, 1e-3, noise=noise)
     assert_close(cold, gumbel_softmax_reference(logits, 1e-3, False, -1, noise), torch.float32, "cold", 1e3)
-    assert_close(cold, float64_gumbel_softmax(logits, noise, 1e-3, -1), torch.float32, "cold", 1e3)
+    assert_close(cold, gumbel_softmax_float64(logits, noise, 1e-3, -1), torch.float32, "cold", 1e3)
     hard = dk.gumbel_softmax(logits, 1e-3, True, noise=noise)
-    top2 = (logits.double() - torch.log(-torch.log(noise.double()))).topk(2, -1).values
+    top2 = gumbel_scores_float64(logits, noise).topk(2, -1).values
     clear = top2[:, 0] - top2[:, 1] > 0.05  # z gap > 50: one-hot up to exp(-50)
     assert bool(clear.any())
     assert (cold[clear] - hard[clear]).abs().max().item() < 1e-6

@@ -1,32 +1,13 @@
 """Triton ``gumbel_softmax_codebook`` against the PyTorch reference and a float64 computation of the
-formula written out here, forward and backward, on odd sizes and strided layouts."""
+formula (``oracles.py``), forward and backward, on odd sizes and strided layouts."""
 import pytest
 import torch
+from oracles import gradients, gumbel_softmax_codebook_float64, record_allocations
 
 import dalle_kernels as dk
 from dalle_kernels.ops.gumbel_softmax_codebook import kernel as codebook_kernel
 from dalle_kernels.ops.gumbel_softmax_codebook.reference import gumbel_softmax_codebook_reference
 from dalle_kernels.testing import assert_close, kernel_dtypes
-
-
-def formula_float64(logits, codebook, tau, hard, dim, noise):
-    """sum_k y_k c_k with y = softmax((logits - log(-log(noise))) / tau) along ``dim``, all in float64;
-    ``hard``: the one-hot of argmax y in value, the gradient of y."""
-    dim = dim % logits.ndim
-    z = (logits.double() - torch.log(-torch.log(noise.double()))) / tau
-    e = torch.exp(z - z.amax(dim, keepdim=True))
-    y = e / e.sum(dim, keepdim=True)
-    if hard:
-        categories = torch.arange(z.shape[dim], device=z.device).view([-1] + [1] * (z.ndim - dim - 1))
-        y = (categories == z.argmax(dim, keepdim=True)).double() + (y - y.detach())
-    return torch.tensordot(y.movedim(dim, -1), codebook.double(), dims=1).movedim(-1, dim)
-
-
-def gradients(fn, inputs, grad_out):
-    """The output of ``fn(*inputs)`` and its gradients wrt ``inputs`` (fresh leaves) for ``grad_out``."""
-    leaves = [t.detach().requires_grad_() for t in inputs]
-    out = fn(*leaves)
-    return (out, *torch.autograd.grad(out, leaves, grad_out.to(out.dtype)))
 
 
 def check_against_oracles(logits, codebook, tau, hard, dim, noise, dtype, backward, grad_factor=1.0):
@@ -35,7 +16,7 @@ def check_against_oracles(logits, codebook, tau, hard, dim, noise, dtype, backwa
     impls = {
         "triton": lambda x, c: dk.gumbel_softmax_codebook(x, c, tau, hard, dim, noise=noise),
         "reference": lambda x, c: gumbel_softmax_codebook_reference(x, c, tau, hard, dim % x.ndim, noise),
-        "float64": lambda x, c: formula_float64(x, c, tau, hard, dim, noise),
+        "float64": lambda x, c: gumbel_softmax_codebook_float64(x, c, tau, hard, dim, noise),
     }
     if not backward:
         results = {name: (fn(logits, codebook),) for name, fn in impls.items()}
@@ -54,7 +35,7 @@ def check_against_oracles(logits, codebook, tau, hard, dim, noise, dtype, backwa
     return results["triton"]
 
 
-# ---------------------------------------------------------------- DESIGN section 2 worked example
+# ---------------------------------------------------------------- docs/design.md#worked-example
 
 WORKED_CODEBOOK = [[0.1, 0.2, 0.3], [0.4, 0.5, 0.6], [0.7, 0.8, 0.9]]
 WORKED_LOGITS = [[1.0, 2.0, 0.5], [0.5, 1.5, 1.0], [2.5, 0.5, 1.5], [1.2, 0.8, 2.0]]  # (1,1) (1,2) (2,1) (2,2)
@@ -179,8 +160,8 @@ def test_gradient_of_one_input_only(device, needs, hard):
     leaf = logits if needs == "logits" else codebook
     (actual,) = torch.autograd.grad(dk.gumbel_softmax_codebook(logits, codebook, 0.5, hard, 1, noise=noise),
                                     leaf, grad_out)
-    (expected,) = torch.autograd.grad(formula_float64(logits, codebook, 0.5, hard, 1, noise), leaf,
-                                      grad_out.double())
+    expected_out = gumbel_softmax_codebook_float64(logits, codebook, 0.5, hard, 1, noise)
+    (expected,) = torch.autograd.grad(expected_out, leaf, grad_out.double())
     assert_close(actual, expected, torch.float32, f"d{needs}")
 
 
@@ -295,13 +276,7 @@ def test_empty_input(device, hard):
 
 def test_never_allocates_the_soft_one_hot(device, monkeypatch):
     # No allocation has the N * K elements of the soft one-hot, except dlogits in the backward.
-    allocated = []
-
-    def recording_new_output(shape, dtype, device):
-        allocated.append(torch.Size(shape).numel())
-        return torch.zeros(shape, dtype=dtype, device=device)
-
-    monkeypatch.setattr(codebook_kernel, "new_output", recording_new_output)
+    allocated = record_allocations(monkeypatch, codebook_kernel)
     logits = torch.randn(40, 300, device=device, requires_grad=True)
     codebook = torch.randn(300, 4, device=device, requires_grad=True)
     for hard in (False, True):

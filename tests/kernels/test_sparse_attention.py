@@ -1,5 +1,5 @@
 """Triton ``sparse_attention`` and ``sparse_attention_decode`` against the PyTorch reference, a float64
-dense attention over the entry-by-entry mask of DESIGN section 3 (``mask_formula.py``) and
+dense attention over the entry-by-entry mask of docs/design.md#attention-masks (``oracles.py``) and
 PyTorch's FlexAttention with that mask, forward and all three gradients, for every kind.
 
 Block size 16 (the interpreter's smallest tl.dot); shapes with S not a multiple of it, W not a
@@ -11,18 +11,17 @@ import warnings
 
 import pytest
 import torch
+from oracles import KINDS, attention_float64, gradients, loop_mask
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 import dalle_kernels as dk
 from dalle_kernels.ops.sparse_attention import DalleMask
 from dalle_kernels.ops.sparse_attention import kernel as attention_kernel
 from dalle_kernels.ops.sparse_attention import reference as attention_reference
-from dalle_kernels.ops.sparse_attention.layout import BlockList, BlockLayout, block_layout
+from dalle_kernels.ops.sparse_attention.layout import BlockLayout, BlockList, block_layout
 from dalle_kernels.ops.sparse_attention.reference import sparse_attention_reference
 from dalle_kernels.testing import assert_close, kernel_dtypes
-from mask_formula import loop_mask
 
-KINDS = ("full", "row", "column", "conv")
 BLOCK = 16
 # (text_len, image_size, conv_kernel, head_dim, batch, heads): S = 34 (3 blocks, the last of 2
 # rows), 49 (4 blocks, W even) and 52 (4 blocks, k > W: the conv neighbourhood covers the grid);
@@ -41,13 +40,6 @@ def random_qkv(shape: tuple, device: str, dtype: torch.dtype = torch.float32) ->
     return [torch.randn(batch, heads, s, head_dim, device=device).to(dtype) for _ in range(3)]
 
 
-def float64_attention(q, k, v, dense: torch.Tensor, scale: float | None = None) -> torch.Tensor:
-    """softmax(q k^T * scale masked by ``dense``) v, all in float64."""
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    scores = (q.double() @ k.double().transpose(-1, -2)) * scale
-    return torch.softmax(scores.masked_fill(~dense.to(q.device), float("-inf")), -1) @ v.double()
-
-
 def flex_reference(q, k, v, dense: torch.Tensor, scale: float | None = None) -> torch.Tensor:
     """FlexAttention (eager) with a mask_mod reading the entry-by-entry mask."""
     dense = dense.to(q.device)
@@ -59,13 +51,6 @@ def flex_reference(q, k, v, dense: torch.Tensor, scale: float | None = None) -> 
         return flex_attention(q, k, v, block_mask=block_mask, scale=scale)
 
 
-def gradients(fn, inputs, grad_out):
-    """The output of ``fn(*inputs)`` and its gradients wrt ``inputs`` (fresh leaves) for ``grad_out``."""
-    leaves = [t.detach().requires_grad_() for t in inputs]
-    out = fn(*leaves)
-    return (out, *torch.autograd.grad(out, leaves, grad_out.to(out.dtype)))
-
-
 def check_against_oracles(q, k, v, mask, dense, dtype, grad_factor=1.0, scale=None):
     """dk.sparse_attention vs the reference, float64 and FlexAttention: output, dq, dk and dv for a
     random, non-contiguous upstream gradient. FlexAttention, there to confirm the mask's meaning,
@@ -74,7 +59,7 @@ def check_against_oracles(q, k, v, mask, dense, dtype, grad_factor=1.0, scale=No
     impls = {
         "triton": lambda *t: dk.sparse_attention(*t, mask, scale),
         "reference": lambda *t: sparse_attention_reference(*t, mask, q.shape[-1] ** -0.5 if scale is None else scale),
-        "float64": lambda *t: float64_attention(*t, dense, scale),
+        "float64": lambda *t: attention_float64(*t, dense, scale),
     }
     results = {name: gradients(fn, (q, k, v), grad_out) for name, fn in impls.items()}
     if q.dtype == torch.float32:
@@ -142,7 +127,7 @@ def test_gradient_of_one_input_only(device):
     v.requires_grad_()
     grad_out = torch.randn_like(q)
     (actual,) = torch.autograd.grad(dk.sparse_attention(q, k, v, mask), v, grad_out)
-    (expected,) = torch.autograd.grad(float64_attention(q, k, v, dense), v, grad_out.double())
+    (expected,) = torch.autograd.grad(attention_float64(q, k, v, dense), v, grad_out.double())
     assert_close(actual, expected, torch.float32, "dv")
 
 
@@ -152,7 +137,7 @@ def test_without_autograd(device):
     with torch.no_grad():
         out = dk.sparse_attention(q, k, v, make_mask("column", shape))
     assert out.grad_fn is None
-    assert_close(out, float64_attention(q, k, v, loop_mask("column", *shape[:3])), torch.float32)
+    assert_close(out, attention_float64(q, k, v, loop_mask("column", *shape[:3])), torch.float32)
 
 
 def test_kernels_visit_only_the_layout(device, monkeypatch):
@@ -181,7 +166,7 @@ def test_kernels_visit_only_the_layout(device, monkeypatch):
     q, k, v = random_qkv(shape, device)
     grad_out = torch.randn_like(q)
     actual = gradients(lambda *t: dk.sparse_attention(*t, mask), (q, k, v), grad_out)
-    expected = gradients(lambda *t: float64_attention(*t, dense), (q, k, v), grad_out)
+    expected = gradients(lambda *t: attention_float64(*t, dense), (q, k, v), grad_out)
     for name, a, e in zip(("output", "dq", "dk", "dv"), actual, expected):
         assert_close(a, e, torch.float32, f"{name} without the tile")
 
@@ -194,7 +179,7 @@ def test_reference_in_chunks_at_the_paper_shape(monkeypatch):
     q, k, v = (torch.randn(1, 2, mask.seq_len, 16) for _ in range(3))
     grad_out = torch.randn_like(q)
     actual = gradients(lambda *t: sparse_attention_reference(*t, mask, 0.25), (q, k, v), grad_out)
-    expected = gradients(lambda *t: float64_attention(*t, loop_mask("conv", 256, 32), 0.25), (q, k, v), grad_out)
+    expected = gradients(lambda *t: attention_float64(*t, loop_mask("conv", 256, 32), 0.25), (q, k, v), grad_out)
     for name, a, e in zip(("output", "dq", "dk", "dv"), actual, expected):
         assert_close(a, e, torch.float32, name)
 
@@ -232,7 +217,7 @@ def test_decode_equals_the_row_of_sparse_attention(device, kind):
             assert out.shape == (q.shape[0], q.shape[1], 1, q.shape[3]) and out.dtype == dtype
             name = f"{kind} position {position} ({dtype})"
             assert_close(out, rows[:, :, position:position + 1], dtype, f"{name} vs sparse_attention")
-            expected = float64_attention(q[:, :, position:position + 1], k, v, dense[position:position + 1])
+            expected = attention_float64(q[:, :, position:position + 1], k, v, dense[position:position + 1])
             assert_close(out, expected, dtype, f"{name} vs float64")
 
 
@@ -247,7 +232,7 @@ def test_decode_reads_a_strided_cache_and_scale(device):
     k_cache, v_cache = (cache.transpose(1, 2) for cache in caches)
     position = mask.seq_len - 4
     out = dk.sparse_attention_decode(q[:, :, position:position + 1], k_cache, v_cache, mask, position, scale=0.2)
-    expected = float64_attention(q[:, :, position:position + 1], k, v,
+    expected = attention_float64(q[:, :, position:position + 1], k, v,
                                  loop_mask("column", *shape[:3])[position:position + 1], 0.2)
     assert_close(out, expected, torch.float32)
 

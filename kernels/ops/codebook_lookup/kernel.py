@@ -13,6 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..._launch import LaunchSettings, pow2_block
 from ..._memory import new_output
 from ..._strided import row_view
 
@@ -56,14 +57,19 @@ def _codebook_lookup_backward_kernel(indices_ptr, grad_out_ptr, grad_codebook_pt
     tl.atomic_add(grad_codebook_ptr + codes * size + d, grad, mask=mask, sem="relaxed")
 
 
-def _launch_settings(outer: int, size: int, inner: int) -> tuple[tuple[int, int], dict]:
-    """Grid and tile of the (O, D, I) view: up to 64 rows along the inner axis (1 when I == 1, so the
-    D axis is the contiguous one), then up to 128 of D, then outer rows up to ``TILE_ELEMENTS``."""
-    block_i = min(triton.next_power_of_2(inner), 64)
-    block_d = min(triton.next_power_of_2(size), 128, TILE_ELEMENTS // block_i)
-    block_o = min(triton.next_power_of_2(outer), max(1, TILE_ELEMENTS // (block_i * block_d)))
-    grid = (triton.cdiv(outer, block_o) * triton.cdiv(inner, block_i), triton.cdiv(size, block_d))
-    return grid, dict(BLOCK_O=block_o, BLOCK_D=block_d, BLOCK_I=block_i, num_warps=4)
+def _launch_settings(outer: int, size: int, inner: int) -> LaunchSettings:
+    """Tiles of the (O, D, I) view: up to 64 rows along the inner axis (1 when I == 1, so the D axis
+    is the contiguous one), then up to 128 of D, then outer rows up to ``TILE_ELEMENTS``; 4 warps."""
+    block_i = pow2_block(inner, maximum=64)
+    block_d = pow2_block(size, maximum=min(128, TILE_ELEMENTS // block_i))
+    block_o = pow2_block(outer, maximum=max(1, TILE_ELEMENTS // (block_i * block_d)))
+    return LaunchSettings({"BLOCK_O": block_o, "BLOCK_D": block_d, "BLOCK_I": block_i}, num_warps=4)
+
+
+def _grid(outer: int, size: int, inner: int, settings: LaunchSettings) -> tuple[int, int]:
+    """(row tiles, D tiles) of the (O, D, I) view."""
+    row_tiles = triton.cdiv(outer, settings["BLOCK_O"]) * triton.cdiv(inner, settings["BLOCK_I"])
+    return row_tiles, triton.cdiv(size, settings["BLOCK_D"])
 
 
 def codebook_lookup_forward(indices: torch.Tensor, codebook: torch.Tensor, dim: int) -> torch.Tensor:
@@ -75,10 +81,11 @@ def codebook_lookup_forward(indices: torch.Tensor, codebook: torch.Tensor, dim: 
     out = new_output(indices.shape[:dim] + (size,) + indices.shape[dim:], codebook.dtype, codebook.device)
     if out.numel() == 0:
         return out
-    grid, settings = _launch_settings(view.outer, size, view.inner)
-    _codebook_lookup_forward_kernel[grid](view.tensor, codebook, out, view.stride_outer, view.stride_inner,
-                                          codebook.stride(0), codebook.stride(1), view.outer, size, view.inner,
-                                          **settings)
+    s = _launch_settings(view.outer, size, view.inner)
+    _codebook_lookup_forward_kernel[_grid(view.outer, size, view.inner, s)](
+        view.tensor, codebook, out, view.stride_outer, view.stride_inner, codebook.stride(0), codebook.stride(1),
+        view.outer, size, view.inner, **s.options,
+    )
     return out
 
 
@@ -97,8 +104,9 @@ def codebook_lookup_backward(indices: torch.Tensor, grad_out: torch.Tensor, inne
     size = grad_out.numel() // rows
     grad_codebook = new_output((num_codes, size), torch.float32, grad_out.device).zero_()
     outer = rows // inner
-    grid, settings = _launch_settings(outer, size, inner)
-    _codebook_lookup_backward_kernel[grid](indices, grad_out, grad_codebook, outer, size, inner, **settings)
+    s = _launch_settings(outer, size, inner)
+    _codebook_lookup_backward_kernel[_grid(outer, size, inner, s)](indices, grad_out, grad_codebook, outer, size,
+                                                                   inner, **s.options)
     return grad_codebook
 
 

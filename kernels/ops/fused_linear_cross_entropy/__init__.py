@@ -1,7 +1,7 @@
 """``fused_linear_cross_entropy``: argument checks, autocast and backend dispatch."""
 import torch
 
-from ..._checks import FLOAT_DTYPES, check_same_device, check_tensor
+from ..._checks import FLOAT_DTYPES, check_int, check_same_device, check_tensor
 from ...backend import backend_for
 from .kernel import REDUCTIONS, FusedLinearCrossEntropyFunction
 from .reference import fused_linear_cross_entropy_reference
@@ -24,8 +24,7 @@ def _check_args(hidden, weight, target, bias, ignore_index, reduction) -> None:
         raise ValueError(f"target: has {target.shape[0]} entries, but hidden has N={hidden.shape[0]} rows")
     if bias is not None and bias.shape[0] != weight.shape[0]:
         raise ValueError(f"bias: has {bias.shape[0]} entries, but weight has V={weight.shape[0]} rows")
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        raise TypeError(f"ignore_index: expected an int, got {type(ignore_index).__name__}")
+    check_int("ignore_index", ignore_index)
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction: expected one of {', '.join(REDUCTIONS)}, got {reduction!r}")
 

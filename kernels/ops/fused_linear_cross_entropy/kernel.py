@@ -1,7 +1,7 @@
 """Triton kernel of ``fused_linear_cross_entropy``: cross-entropy of ``hidden @ weight.T + bias``
 without the (N, V) logits, after Liger-Kernel's chunked scheme.
 
-The N rows are processed in chunks of ``chunk_rows`` (:func:`_launch_settings`). Per chunk:
+The N rows are processed in chunks of ``chunk_rows`` (:func:`_chunk_rows`). Per chunk:
 
 1. ``logits = hidden[chunk] @ weight.T + bias`` into one reused (chunk_rows, V) buffer, in the
    inputs' dtype (the matmul accumulates in float32);
@@ -25,6 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..._launch import LaunchSettings, pow2_block, warps_for
 from ..._memory import new_output
 
 # Bounds of the logits buffer, in elements. Below the lower one matmuls get small and the float32
@@ -68,20 +69,13 @@ def _fused_linear_cross_entropy_kernel(
             tl.store(row_ptr + v, dlogits.to(logits_ptr.dtype.element_ty), mask=mask)
 
 
-class LaunchSettings(NamedTuple):
-    """Chunking and kernel launch options (see :func:`_launch_settings`)."""
-
-    chunk_rows: int  # rows of hidden per chunk: the logits buffer is (chunk_rows, V)
-    block_v: int  # vocabulary entries per kernel loop step
-    num_warps: int
-
-
 def _prev_power_of_2(n: int) -> int:
     return 1 << (n.bit_length() - 1)
 
 
-def _launch_settings(rows: int, vocab: int, size: int) -> LaunchSettings:
-    """Chunks for ``rows`` rows of width ``size`` against a vocabulary of ``vocab`` entries.
+def _chunk_rows(rows: int, vocab: int, size: int) -> int:
+    """Rows per chunk for ``rows`` rows of width ``size`` against a vocabulary of ``vocab`` entries:
+    the logits buffer is (chunk_rows, vocab).
 
     Like Liger-Kernel, a chunk's logits hold about as many elements as ``hidden`` itself:
     ``chunk_rows = next_pow2(ceil(rows / ceil(vocab / size)))``; but at least MIN_CHUNK_ELEMENTS
@@ -90,9 +84,13 @@ def _launch_settings(rows: int, vocab: int, size: int) -> LaunchSettings:
     """
     chunk_rows = triton.next_power_of_2(triton.cdiv(rows, triton.cdiv(vocab, size)))
     chunk_rows = max(chunk_rows, triton.next_power_of_2(triton.cdiv(MIN_CHUNK_ELEMENTS, vocab)))
-    chunk_rows = min(chunk_rows, _prev_power_of_2(max(1, MAX_CHUNK_ELEMENTS // vocab)), max(rows, 1))
-    block_v = min(triton.next_power_of_2(vocab), MAX_BLOCK_V)
-    return LaunchSettings(chunk_rows, block_v, num_warps=8 if block_v >= 2048 else 4)
+    return min(chunk_rows, _prev_power_of_2(max(1, MAX_CHUNK_ELEMENTS // vocab)), max(rows, 1))
+
+
+def _launch_settings(vocab: int) -> LaunchSettings:
+    """BLOCK_V vocabulary entries per kernel loop step (up to MAX_BLOCK_V); 8 warps from 2048 on."""
+    block_v = pow2_block(vocab, maximum=MAX_BLOCK_V)
+    return LaunchSettings({"BLOCK_V": block_v}, num_warps=warps_for(block_v, 256, minimum=4, maximum=8))
 
 
 class Gradients(NamedTuple):
@@ -133,12 +131,12 @@ def linear_cross_entropy_chunks(
                       new_output((vocab,), torch.float32, device).zero_() if need_dbias else None)
     if rows == 0:
         return losses, grads
-    s = _launch_settings(rows, vocab, size)
+    chunk_rows, settings = _chunk_rows(rows, vocab, size), _launch_settings(vocab)
     target = target.contiguous()
-    buffer = new_output((s.chunk_rows, vocab), dtype, device)
+    buffer = new_output((chunk_rows, vocab), dtype, device)
     weight_t = weight.t()
-    for start in range(0, rows, s.chunk_rows):
-        end = min(start + s.chunk_rows, rows)
+    for start in range(0, rows, chunk_rows):
+        end = min(start + chunk_rows, rows)
         chunk = hidden[start:end]
         logits = buffer[:end - start]
         if bias is None:
@@ -149,7 +147,7 @@ def linear_cross_entropy_chunks(
         _fused_linear_cross_entropy_kernel[(end - start,)](
             logits, target[start:end], losses[start:end], row_scale, vocab, logits.stride(0),
             0 if row_scale is None or row_scale.numel() == 1 else row_scale.stride(0), ignore_index,
-            WRITE_GRAD=write_grad, BLOCK_V=s.block_v, num_warps=s.num_warps,
+            WRITE_GRAD=write_grad, **settings.options,
         )
         if need_dhidden:
             torch.mm(logits, weight, out=grads.hidden[start:end])

@@ -1,7 +1,15 @@
 """``gumbel_softmax``: argument checks and backend dispatch (kernel in ``kernel.py``, oracle in ``reference.py``)."""
 import torch
 
-from ..._checks import FLOAT_DTYPES, check_generator, check_noise, check_nonempty_axis, check_tau, check_tensor, normalize_dim
+from ..._checks import (
+    FLOAT_DTYPES,
+    check_generator,
+    check_noise,
+    check_nonempty_axis,
+    check_tau,
+    check_tensor,
+    normalize_dim,
+)
 from ..._gumbel import draw_seed, uniform_noise
 from ...backend import backend_for
 from .kernel import GumbelSoftmaxFunction

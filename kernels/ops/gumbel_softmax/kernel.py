@@ -12,8 +12,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ..._memory import new_output
 from ..._gumbel import gumbel_scores, noise_view, online_softmax_step, row_block
+from ..._launch import LaunchSettings, pow2_block, warps_for
+from ..._memory import new_output
 from ..._strided import row_view
 
 MAX_BLOCK_K = 8192  # categories held in registers at once; larger K takes the two-pass path
@@ -126,21 +127,21 @@ def _gumbel_softmax_backward_kernel(
             _store_grad(dx_ptr, y, dy, dot, tau, out_row, k0 + cols, mask, I)
 
 
-def launch_settings(rows: int, size: int, inner: int) -> tuple[int, int, int]:
-    """``(BLOCK_R, BLOCK_K, num_warps)`` for ``rows`` rows of ``size`` categories.
+def launch_settings(rows: int, size: int, inner: int) -> LaunchSettings:
+    """``BLOCK_R`` rows x ``BLOCK_K`` categories per program, for ``rows`` rows of ``size`` categories;
+    a warp per 512 elements of the tile.
 
     The tile follows the outputs' contiguous axis: categories when ``inner == 1`` (whole rows of
     up to MAX_BLOCK_K categories, several short rows per program), else rows (channels-first:
     ROW_MAJOR_BLOCK_R consecutive positions x a few categories).
     """
     if inner == 1:
-        block_k = min(triton.next_power_of_2(size), MAX_BLOCK_K)
-        block_r = min(max(TILE // block_k, 1), triton.next_power_of_2(rows))
+        block_k = pow2_block(size, maximum=MAX_BLOCK_K)
+        block_r = pow2_block(rows, maximum=max(TILE // block_k, 1))
     else:
-        block_r = min(ROW_MAJOR_BLOCK_R, triton.next_power_of_2(rows))
-        block_k = min(triton.next_power_of_2(size), TILE // block_r)
-    num_warps = min(max(block_r * block_k // 512, 1), 16)
-    return block_r, block_k, num_warps
+        block_r = pow2_block(rows, maximum=ROW_MAJOR_BLOCK_R)
+        block_k = pow2_block(size, maximum=TILE // block_r)
+    return LaunchSettings({"BLOCK_R": block_r, "BLOCK_K": block_k}, num_warps=warps_for(block_r * block_k, 512))
 
 
 def gumbel_softmax_forward(logits: torch.Tensor, tau: float, hard: bool, dim: int, noise: torch.Tensor | None,
@@ -162,12 +163,12 @@ def gumbel_softmax_forward(logits: torch.Tensor, tau: float, hard: bool, dim: in
         return y, y_soft
     u = noise_view(noise, dim, x)
     rows = x.outer * x.inner
-    block_r, block_k, num_warps = launch_settings(rows, x.size, x.inner)
-    _gumbel_softmax_forward_kernel[(triton.cdiv(rows, block_r),)](
+    s = launch_settings(rows, x.size, x.inner)
+    _gumbel_softmax_forward_kernel[(triton.cdiv(rows, s["BLOCK_R"]),)](
         x.tensor, u.tensor, y, y if y_soft is None else y_soft, seed, tau, rows, x.size, x.inner,
         x.stride_outer, x.stride_size, x.stride_inner, u.stride_outer, u.stride_size, u.stride_inner,
-        BLOCK_R=block_r, BLOCK_K=block_k, SINGLE_CHUNK=x.size <= block_k, HAS_NOISE=noise is not None,
-        HARD=hard, WRITE_SOFT=y_soft is not None, num_warps=num_warps,
+        SINGLE_CHUNK=x.size <= s["BLOCK_K"], HAS_NOISE=noise is not None, HARD=hard, WRITE_SOFT=y_soft is not None,
+        **s.options,
     )
     return y, y_soft
 
@@ -180,10 +181,10 @@ def gumbel_softmax_backward(dy: torch.Tensor, y_soft: torch.Tensor, tau: float, 
     if dx.numel() == 0:
         return dx
     rows = g.outer * g.inner
-    block_r, block_k, num_warps = launch_settings(rows, g.size, g.inner)
-    _gumbel_softmax_backward_kernel[(triton.cdiv(rows, block_r),)](
+    s = launch_settings(rows, g.size, g.inner)
+    _gumbel_softmax_backward_kernel[(triton.cdiv(rows, s["BLOCK_R"]),)](
         g.tensor, y_soft, dx, tau, rows, g.size, g.inner, g.stride_outer, g.stride_size, g.stride_inner,
-        BLOCK_R=block_r, BLOCK_K=block_k, SINGLE_CHUNK=g.size <= block_k, num_warps=num_warps,
+        SINGLE_CHUNK=g.size <= s["BLOCK_K"], **s.options,
     )
     return dx
 

@@ -12,13 +12,12 @@ row's log-sum-exp ``lse`` saved for the backward. The backward recomputes ``p = 
 and ``dcodebook = p^T dout`` (soft) or the scatter-add of dout into the argmax rows (hard:
 straight-through, the gradient of ``one_hot(argmax) + y - y.detach()`` contracted with the codebook).
 """
-from typing import NamedTuple
-
 import torch
 import triton
 import triton.language as tl
 
 from ..._gumbel import gumbel_scores, noise_view, online_softmax_step, row_block
+from ..._launch import LaunchSettings, dot_stages, pow2_block
 from ..._memory import new_output
 from ..._strided import row_view
 from ..codebook_lookup.kernel import codebook_lookup_backward
@@ -155,38 +154,30 @@ def _gumbel_softmax_codebook_dcodebook_kernel(
              mask=(k < K)[:, None] & (d < D)[None, :])
 
 
-class LaunchSettings(NamedTuple):
-    """Tiles and launch options shared by the three kernels (see :func:`_launch_settings`)."""
-
-    block_r: int
-    block_k: int
-    block_d: int
-    num_warps: int
-    num_stages: int
-    dot_dtype: tl.dtype  # tl.dot operand type: 16-bit when an input is (like autocast), else float32
-    splits: int  # the dcodebook reduction's row splits ...
-    rows_per_split: int  # ... of this many rows each (a multiple of block_r)
+def _dot_dtype(logits_dtype: torch.dtype, codebook_dtype: torch.dtype) -> torch.dtype:
+    """The tl.dot operand type: 16-bit when an input is (like autocast), else float32."""
+    return codebook_dtype if codebook_dtype != torch.float32 else logits_dtype
 
 
-def _launch_settings(rows: int, num_codes: int, size: int, logits_dtype: torch.dtype,
-                     codebook_dtype: torch.dtype) -> LaunchSettings:
-    """Tiles for ``rows`` rows of ``num_codes`` categories and a codebook of ``size`` columns.
+def _launch_settings(rows: int, num_codes: int, size: int, dot_dtype: torch.dtype) -> LaunchSettings:
+    """Tiles shared by the three kernels, for ``rows`` rows of ``num_codes`` categories and a codebook
+    of ``size`` columns: every tl.dot dimension is >= 16; NUM_WARPS warps; pipelined unless the dots
+    are float32."""
+    blocks = {"BLOCK_R": pow2_block(rows, 16, MAX_BLOCK_R), "BLOCK_K": pow2_block(num_codes, 16, MAX_BLOCK_K),
+              "BLOCK_D": pow2_block(size, 16, MAX_BLOCK_D)}
+    return LaunchSettings(blocks, NUM_WARPS, num_stages=dot_stages(dot_dtype, 3))
 
-    Every tl.dot dimension is >= 16. float32 dots run on FMA units, where software pipelining
-    (num_stages > 1) only adds register pressure. The dcodebook reduction's grid (K blocks x D
-    tiles) is small for small K, so its rows are split until it has about MIN_DCODEBOOK_PROGRAMS
-    programs.
+
+def _dcodebook_splits(rows: int, num_codes: int, size: int, settings: LaunchSettings) -> tuple[int, int]:
+    """``(splits, rows_per_split)`` of the dcodebook reduction (rows_per_split a multiple of BLOCK_R).
+
+    Its grid (K blocks x D tiles) is small for small K, so its rows are split until it has about
+    MIN_DCODEBOOK_PROGRAMS programs.
     """
-    block_r = min(max(triton.next_power_of_2(rows), 16), MAX_BLOCK_R)
-    block_k = min(max(triton.next_power_of_2(num_codes), 16), MAX_BLOCK_K)
-    block_d = min(max(triton.next_power_of_2(size), 16), MAX_BLOCK_D)
-    dot_dtype = DOT_DTYPES[codebook_dtype if codebook_dtype != torch.float32 else logits_dtype]
-    row_blocks = triton.cdiv(rows, block_r)
-    tiles = triton.cdiv(num_codes, block_k) * triton.cdiv(size, block_d)
-    rows_per_split = triton.cdiv(row_blocks, max(1, MIN_DCODEBOOK_PROGRAMS // tiles)) * block_r
-    return LaunchSettings(block_r, block_k, block_d, NUM_WARPS, num_stages=1 if dot_dtype == tl.float32 else 3,
-                          dot_dtype=dot_dtype, splits=triton.cdiv(rows, rows_per_split),
-                          rows_per_split=rows_per_split)
+    block_r = settings["BLOCK_R"]
+    tiles = triton.cdiv(num_codes, settings["BLOCK_K"]) * triton.cdiv(size, settings["BLOCK_D"])
+    rows_per_split = triton.cdiv(triton.cdiv(rows, block_r), max(1, MIN_DCODEBOOK_PROGRAMS // tiles)) * block_r
+    return triton.cdiv(rows, rows_per_split), rows_per_split
 
 
 def gumbel_softmax_codebook_forward(
@@ -214,14 +205,14 @@ def gumbel_softmax_codebook_forward(
         indices = new_output((rows,), torch.int32, logits.device) if hard else None
     if rows == 0:
         return out, soft, lse, indices
-    s = _launch_settings(rows, num_codes, size, logits.dtype, codebook.dtype)
-    _gumbel_softmax_codebook_forward_kernel[(triton.cdiv(rows, s.block_r), triton.cdiv(size, s.block_d))](
+    dot_dtype = _dot_dtype(logits.dtype, codebook.dtype)
+    s = _launch_settings(rows, num_codes, size, dot_dtype)
+    _gumbel_softmax_codebook_forward_kernel[(triton.cdiv(rows, s["BLOCK_R"]), triton.cdiv(size, s["BLOCK_D"]))](
         x.tensor, u.tensor, codebook, out, out if soft is None else soft, lse, indices, seed, tau,
         rows, num_codes, size, x.inner, x.stride_outer, x.stride_size, x.stride_inner,
         u.stride_outer, u.stride_size, u.stride_inner, codebook.stride(0), codebook.stride(1),
         HAS_NOISE=noise is not None, HARD=hard, SOFT=not hard or for_backward, SAVE=for_backward,
-        DOT_DTYPE=s.dot_dtype, BLOCK_R=s.block_r, BLOCK_K=s.block_k, BLOCK_D=s.block_d, num_warps=s.num_warps,
-        num_stages=s.num_stages,
+        DOT_DTYPE=DOT_DTYPES[dot_dtype], **s.options,
     )
     return out, soft, lse, indices
 
@@ -247,12 +238,12 @@ def gumbel_softmax_codebook_backward(
         if need_dcodebook:
             dcodebook.zero_()
         return dlogits, dcodebook
-    s = _launch_settings(rows, num_codes, size, logits.dtype, codebook.dtype)
-    constants = dict(HAS_NOISE=noise is not None, DOT_DTYPE=s.dot_dtype, BLOCK_R=s.block_r, BLOCK_K=s.block_k,
-                     BLOCK_D=s.block_d, num_warps=s.num_warps, num_stages=s.num_stages)
+    dot_dtype = _dot_dtype(logits.dtype, codebook.dtype)
+    s = _launch_settings(rows, num_codes, size, dot_dtype)
+    constants = dict(HAS_NOISE=noise is not None, DOT_DTYPE=DOT_DTYPES[dot_dtype], **s.options)
     if need_dlogits:
         dx = row_view(dlogits, dim)
-        _gumbel_softmax_codebook_dlogits_kernel[(triton.cdiv(rows, s.block_r),)](
+        _gumbel_softmax_codebook_dlogits_kernel[(triton.cdiv(rows, s["BLOCK_R"]),)](
             x.tensor, u.tensor, codebook, dout, soft, lse, dlogits, seed, tau, rows, num_codes, size, x.inner,
             x.stride_outer, x.stride_size, x.stride_inner, u.stride_outer, u.stride_size, u.stride_inner,
             codebook.stride(0), codebook.stride(1), dx.stride_outer, dx.stride_size, dx.stride_inner, **constants,
@@ -260,10 +251,11 @@ def gumbel_softmax_codebook_backward(
     if need_dcodebook and indices is not None:  # straight-through: one_hot^T @ dout
         dcodebook.copy_(codebook_lookup_backward(indices, dout, x.inner, num_codes))
     elif need_dcodebook:
-        partial = new_output((s.splits, num_codes, size), torch.float32, codebook.device)
-        grid = (triton.cdiv(num_codes, s.block_k), triton.cdiv(size, s.block_d), s.splits)
+        splits, rows_per_split = _dcodebook_splits(rows, num_codes, size, s)
+        partial = new_output((splits, num_codes, size), torch.float32, codebook.device)
+        grid = (triton.cdiv(num_codes, s["BLOCK_K"]), triton.cdiv(size, s["BLOCK_D"]), splits)
         _gumbel_softmax_codebook_dcodebook_kernel[grid](
-            x.tensor, u.tensor, dout, lse, partial, seed, tau, rows, num_codes, size, x.inner, s.rows_per_split,
+            x.tensor, u.tensor, dout, lse, partial, seed, tau, rows, num_codes, size, x.inner, rows_per_split,
             x.stride_outer, x.stride_size, x.stride_inner, u.stride_outer, u.stride_size, u.stride_inner,
             **constants,
         )

@@ -4,7 +4,7 @@ from numbers import Real
 
 import torch
 
-from ..._checks import FLOAT_DTYPES, check_same_device, check_tensor
+from ..._checks import FLOAT_DTYPES, check_int, check_same_device, check_tensor
 from ...backend import backend_for
 from .kernel import SparseAttentionFunction, sparse_attention_decode_forward
 from .mask import DalleMask, dalle_mask  # noqa: F401 -- re-exported
@@ -91,8 +91,7 @@ def sparse_attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     if k_cache.shape[2] != v_cache.shape[2]:
         raise ValueError(f"v_cache: {v_cache.shape[2]} rows, but k_cache has {k_cache.shape[2]}")
     _check_mask(mask)
-    if isinstance(position, bool) or not isinstance(position, int):
-        raise TypeError(f"position: expected an int, got {type(position).__name__}")
+    check_int("position", position)
     if not 0 <= position < min(mask.seq_len, k_cache.shape[2]):
         raise ValueError(f"position: {position} is outside [0, {min(mask.seq_len, k_cache.shape[2])}) "
                          f"(mask S = {mask.seq_len}, cache rows = {k_cache.shape[2]})")

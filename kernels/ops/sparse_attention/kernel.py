@@ -17,12 +17,12 @@ stores), then ``dQ = scale * dS K``; the dk/dv kernel (per key block, over the q
 visit it) forms ``dV = P^T dO`` and ``dK = scale * dS^T Q``.
 """
 import math
-from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
+from ..._launch import LaunchSettings, dot_stages, pow2_block, warps_for
 from ..._memory import new_output
 from .layout import BlockList, block_layout, decode_keys
 from .mask import KINDS, DalleMask
@@ -49,8 +49,9 @@ def _wrap(d, W):
 
 @triton.jit
 def _allowed(i, j, T, W, HALF, KIND: tl.constexpr):
-    """May the query at kernel position i attend the key at kernel position j (broadcast)? DESIGN
-    section 3; KIND indexes ``mask.KINDS``. Image terms are read only where both are image positions."""
+    """May the query at kernel position i attend the key at kernel position j (broadcast)? The rules
+    of docs/design.md#attention-masks; KIND indexes ``mask.KINDS``. Image terms are read only where
+    both are image positions."""
     ok = j <= i  # causal, in both orders: column-major keeps every column segment in raster order
     if KIND == 1:  # row: a - b <= W
         ok = ok & ((j < T) | (i - j <= W))
@@ -296,22 +297,23 @@ def _sparse_attention_decode_kernel(
     tl.store(out_ptr + bh * Dh + d, (acc / l).to(out_ptr.dtype.element_ty), mask=d < Dh)
 
 
-class LaunchSettings(NamedTuple):
-    """Tile sizes and launch options of the training kernels (see :func:`_launch_settings`)."""
-
-    block: int
-    block_d: int
-    num_warps: int
-    num_stages: int
+def _head_block(head_dim: int) -> int:
+    """BLOCK_D: the head dim padded to a power of two, >= 16 (the smallest tl.dot dim)."""
+    return pow2_block(head_dim, 16)
 
 
 def _launch_settings(mask: DalleMask, head_dim: int, dtype: torch.dtype) -> LaunchSettings:
-    """Tiles of ``mask.block`` positions by the head dim padded to a power of two (>= 16, the
-    smallest tl.dot dim). Eight warps once a tile has more than 64 x 64 entries. float32 dots run
-    on FMA units, where software pipelining (num_stages > 1) only adds register pressure."""
-    block_d = max(16, triton.next_power_of_2(head_dim))
-    return LaunchSettings(mask.block, block_d, num_warps=4 if mask.block * block_d <= 64 * 64 else 8,
-                          num_stages=1 if dtype == torch.float32 else 2)
+    """Tiles of the training kernels: ``mask.block`` positions by :func:`_head_block`. Eight warps
+    once a tile has more than 64 x 64 entries; pipelined unless the dots are float32."""
+    block_d = _head_block(head_dim)
+    return LaunchSettings({"BLOCK": mask.block, "BLOCK_D": block_d},
+                          num_warps=warps_for(mask.block * block_d, 1024, minimum=4, maximum=8),
+                          num_stages=dot_stages(dtype, 2))
+
+
+def _decode_launch_settings(head_dim: int) -> LaunchSettings:
+    """Tiles of the decode kernel: DECODE_BLOCK_N keys by :func:`_head_block`, 4 warps."""
+    return LaunchSettings({"BLOCK_N": DECODE_BLOCK_N, "BLOCK_D": _head_block(head_dim)}, num_warps=4)
 
 
 def _mask_args(mask: DalleMask) -> tuple[int, int, int, int]:
@@ -338,8 +340,7 @@ def sparse_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     _sparse_attention_forward_kernel[(layout.num_blocks, batch * heads)](
         q, k, v, out, lse2, *_layout_args(layout.full_by_query, layout.partial_by_query), scale * LOG2E,
         *_mask_args(mask), heads, head_dim, *q.stride(), *k.stride(), *v.stride(),
-        KIND=KINDS.index(mask.kind), COLUMN_MAJOR=mask.column_major, BLOCK=s.block, BLOCK_D=s.block_d,
-        num_warps=s.num_warps, num_stages=s.num_stages,
+        KIND=KINDS.index(mask.kind), COLUMN_MAJOR=mask.column_major, **s.options,
     )
     return out, lse2
 
@@ -359,8 +360,7 @@ def sparse_attention_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tens
     grid = (layout.num_blocks, batch * heads)
     shared = (scale, scale * LOG2E, *_mask_args(mask), heads, head_dim, *q.stride(), *k.stride(), *v.stride(),
               *dout.stride())
-    constants = dict(KIND=KINDS.index(mask.kind), COLUMN_MAJOR=mask.column_major, BLOCK=s.block, BLOCK_D=s.block_d,
-                     num_warps=s.num_warps, num_stages=s.num_stages)
+    constants = dict(KIND=KINDS.index(mask.kind), COLUMN_MAJOR=mask.column_major, **s.options)
     _sparse_attention_dq_kernel[grid](q, k, v, out, dout, lse2, delta, dq,
                                       *_layout_args(layout.full_by_query, layout.partial_by_query), *shared,
                                       **constants)
@@ -383,7 +383,7 @@ def sparse_attention_decode_forward(q: torch.Tensor, k_cache: torch.Tensor, v_ca
     _sparse_attention_decode_kernel[(batch * heads,)](
         q, k_cache, v_cache, out, listed.keys[start:], end - start, scale * LOG2E, heads, head_dim,
         q.stride(0), q.stride(1), q.stride(3), *k_cache.stride(), *v_cache.stride(),
-        BLOCK_N=DECODE_BLOCK_N, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
+        **_decode_launch_settings(head_dim).options,
     )
     return out
 

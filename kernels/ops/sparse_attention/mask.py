@@ -1,4 +1,4 @@
-"""DALL-E attention masks (Ramesh et al. 2021, appendix B; DESIGN section 3).
+"""DALL-E attention masks (Ramesh et al. 2021, appendix B; docs/design.md#attention-masks).
 
 The sequence holds T text positions, then the N = W*W image positions in raster order (W, the
 image-token grid side). Query i may attend key j only if j <= i; text keys are always allowed to
@@ -19,16 +19,11 @@ from dataclasses import dataclass
 
 import torch
 
+from ..._checks import check_int
+
 KINDS = ("full", "row", "column", "conv")
 DEFAULT_BLOCK = 64  # query and key block size of the kernels on a GPU
 BLOCK_SIZES = (16, 32, 64, 128)  # tl.dot needs dims >= 16; larger tiles do not fit a GPU's registers
-
-
-def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name}: must be >= {minimum}, got {value}")
 
 
 @dataclass(frozen=True)
@@ -50,12 +45,12 @@ class DalleMask:
             raise TypeError(f"kind: expected a str, got {type(self.kind).__name__}")
         if self.kind not in KINDS:
             raise ValueError(f"kind: {self.kind!r} is not one of {', '.join(KINDS)}")
-        _check_int("text_len", self.text_len, 1)
-        _check_int("image_size", self.image_size, 1)
-        _check_int("conv_kernel", self.conv_kernel, 1)
+        check_int("text_len", self.text_len, 1)
+        check_int("image_size", self.image_size, 1)
+        check_int("conv_kernel", self.conv_kernel, 1)
         if self.conv_kernel % 2 == 0:
             raise ValueError(f"conv_kernel: must be odd, got {self.conv_kernel}")
-        _check_int("block", self.block, 1)
+        check_int("block", self.block, 1)
         if self.block not in BLOCK_SIZES:
             raise ValueError(f"block: must be one of {BLOCK_SIZES}, got {self.block}")
 
