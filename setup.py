@@ -24,7 +24,7 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest", "hypothesis"],
+        "test": ["pytest", "hypothesis", "ruff"],
         "bench": ["pytest", "pytest-benchmark"],
     },
 )

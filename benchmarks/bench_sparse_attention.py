@@ -2,9 +2,8 @@
 compiled FlexAttention (GPU only), fwd and fwd+bwd; dk.sparse_attention_decode over a whole
 generation loop vs SDPA over the full cache. Times the default backend: the reference on a CPU,
 the Triton kernels on a GPU."""
-import pytest
-
 import cases
+import pytest
 
 
 @pytest.mark.parametrize("run", cases.runs(cases.sparse_attention_cases()), ids=str)

@@ -18,8 +18,9 @@ every contender of a case, so the figures compare like with like. ``dalle_kernel
 backend at every call: set ``DALLE_KERNELS_BACKEND`` only to compare backends on purpose.
 """
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F

@@ -3,10 +3,10 @@
 The suites time the DEFAULT backend (see ``cases.py``); this conftest refuses to time Triton's CPU
 interpreter and, after a timed run, prints the achieved GB/s (and TFLOP/s) of every benchmark.
 """
+import cases
 import pytest
 import torch
 
-import cases
 from dalle_kernels.backend import backend_for, interpreting
 
 THROUGHPUT = pytest.StashKey[list]()
@@ -16,7 +16,8 @@ def pytest_configure(config: pytest.Config) -> None:
     on_interpreter = interpreting() and backend_for(torch.empty(0, device=cases.DEVICE)) == "triton"
     if on_interpreter and not config.getoption("benchmark_disable"):
         raise pytest.UsageError("DALLE_KERNELS_BACKEND=triton with TRITON_INTERPRET=1 times Triton's CPU interpreter, "
-                                "which says nothing about a GPU: unset them (or pass --benchmark-disable for a smoke run)")
+                                "which says nothing about a GPU: unset them "
+                                "(or pass --benchmark-disable for a smoke run)")
     config.stash[THROUGHPUT] = []
 
 

@@ -15,14 +15,13 @@ import datetime
 import json
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
+import cases
 import torch
 import triton
 from triton.testing import do_bench
-
-import cases
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 WARMUP_MS, REP_MS = 25, 100
@@ -141,7 +140,8 @@ def markdown(report: dict) -> str:
              f"Copy bandwidth (read + write): {report['copy_GBps']:.0f} GB/s.", "",
              "| op | shapes | mode | contender | ms | GB/s | TFLOP/s | extra peak MiB | dalle_kernels speedup |",
              "|---|---|---|---|---:|---:|---:|---:|---:|"]
-    ours = {(r["op"], r["case"], r["mode"]): r.get("ms") for r in report["measurements"] if r["contender"] == cases.OURS}
+    ours = {(r["op"], r["case"], r["mode"]): r.get("ms")
+            for r in report["measurements"] if r["contender"] == cases.OURS}
     for r in report["measurements"]:
         if "error" in r:
             lines.append(f"| {r['op']} | {r['shapes']} | {r['mode']} | {r['contender']} | error: "

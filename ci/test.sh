@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# THE test command (the README names it). Installs what it needs on a fresh machine, then runs
+# THE test command (the README names it). Installs what it needs on a fresh machine, lints, then runs
 # the kernel tests on the Triton backend (natively on a CUDA machine, through Triton's interpreter
 # otherwise), the rest of the suite, and the CPU benchmarks once each as a smoke test.
 set -euo pipefail
@@ -15,9 +15,13 @@ if ! $PY -c "import torch" 2>/dev/null; then
     $PY -m pip install -q torch==2.13.0  # the CPU build
   fi
 fi
-if ! $PY -c "import dalle_kernels, dalle_fast, triton, pytest, pytest_benchmark, hypothesis" 2>/dev/null; then
+if ! $PY -c "import dalle_kernels, dalle_fast, triton, pytest, pytest_benchmark, hypothesis" 2>/dev/null \
+    || ! $PY -m ruff --version >/dev/null 2>&1; then
   $PY -m pip install -q -e ".[test,bench]"
 fi
+
+echo "== lint (ruff: pyflakes, pycodestyle, import order; pyproject.toml)"
+$PY -m ruff check .
 
 if $PY -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   echo "== kernel tests: Triton on the GPU"

@@ -166,7 +166,8 @@ class CLIP(nn.Module):
     def _check_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         if not isinstance(tokens, torch.Tensor) or tokens.is_floating_point() or tokens.is_complex() \
                 or tokens.dtype == torch.bool:
-            raise TypeError(f"tokens: expected an integer tensor, got {getattr(tokens, 'dtype', type(tokens).__name__)}")
+            got = getattr(tokens, "dtype", type(tokens).__name__)
+            raise TypeError(f"tokens: expected an integer tensor, got {got}")
         if tokens.ndim != 2 or tokens.shape[1] != self.text_len:
             raise ValueError(f"tokens: expected shape (B, {self.text_len}), got {tuple(tokens.shape)}")
         if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.num_text_tokens):

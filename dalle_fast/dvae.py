@@ -10,9 +10,10 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-import dalle_kernels as dk
 import torch
 from torch import nn
+
+import dalle_kernels as dk
 
 from .config import Config
 from .dvae_loss import gaussian_nll, kl_to_uniform, logit_laplace_nll, map_pixels, marginal_kl_to_uniform, unmap_pixels

@@ -1,5 +1,6 @@
-"""The DALL-E transformer (Ramesh et al. 2021; docs/design.md#attention-masks, docs/design.md#transformer): a decoder-only sparse
-transformer over the text tokens followed by the image tokens of one sample.
+"""The DALL-E transformer (Ramesh et al. 2021; docs/design.md#transformer and
+docs/design.md#attention-masks): a decoder-only sparse transformer over the text tokens followed
+by the image tokens of one sample.
 
 Sequence: positions 0..S-1 hold the input tokens ``[text_0 .. text_{T-1}, image_0 .. image_{N-1}]``
 with ``T = transformer.text_len``, ``N = grid_size**2`` (raster order) and ``S = T + N =
@@ -89,7 +90,8 @@ def check_ids(name: str, ids: object, length: int | None, vocab: int) -> torch.T
     if ids.ndim != 2 or length not in (None, ids.shape[1]):
         raise ValueError(f"{name}: expected shape (B, {'P' if length is None else length}), got {tuple(ids.shape)}")
     if ids.numel() and not (ids.min() >= 0 and ids.max() < vocab):
-        raise ValueError(f"{name}: ids must lie in [0, {vocab}), got the range [{ids.min().item()}, {ids.max().item()}]")
+        raise ValueError(f"{name}: ids must lie in [0, {vocab}), "
+                         f"got the range [{ids.min().item()}, {ids.max().item()}]")
     return ids.long()
 
 

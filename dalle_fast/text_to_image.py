@@ -18,8 +18,18 @@ from .clip import CLIP
 from .config import Config
 from .dvae import DiscreteVAE
 from .model import DALLE
-from .run import RUN_FLAG, UsageError, autocast, has_stage, load_clip, load_dalle, load_tokenizer, load_vae, \
-    open_run, pick_device
+from .run import (
+    RUN_FLAG,
+    UsageError,
+    autocast,
+    has_stage,
+    load_clip,
+    load_dalle,
+    load_tokenizer,
+    load_vae,
+    open_run,
+    pick_device,
+)
 from .sampling import check_sampling, sample_image_tokens
 from .tokenizer import CaptionTokenizer
 

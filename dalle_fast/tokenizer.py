@@ -80,7 +80,8 @@ class CaptionTokenizer:
         self._vocab: dict[str, int] = model["vocab"]
         # merges are [a, b] lists (tokenizers >= 0.20) or "a b" strings (older files)
         self._ranks: dict[tuple[str, str], int] = {
-            tuple(pair.split(" ") if isinstance(pair, str) else pair): rank for rank, pair in enumerate(model["merges"])}
+            tuple(pair.split(" ") if isinstance(pair, str) else pair): rank
+            for rank, pair in enumerate(model["merges"])}
 
     @property
     def learned_vocab(self) -> int:

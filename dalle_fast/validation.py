@@ -60,7 +60,8 @@ def validate_vae(model: DiscreteVAE, val: Dataset, attributes: list[Attributes] 
                 for heldout in (False, True):
                     chosen = [k for k, a in enumerate(batch) if ((a.color, a.shape) in holdout) == heldout]
                     if chosen:
-                        agreeing[heldout] += attribute_agreement(decoded[chosen], [batch[k] for k in chosen]) * len(chosen)
+                        share = attribute_agreement(decoded[chosen], [batch[k] for k in chosen])
+                        agreeing[heldout] += share * len(chosen)
                         counted[heldout] += len(chosen)
             tokens.append(batch_tokens.cpu())
             shown = max(0, GRID_IMAGES - seen)

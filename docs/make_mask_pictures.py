@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import dalle_kernels as dk
 import torch
 from PIL import Image, ImageDraw, ImageFont
+
+import dalle_kernels as dk
 
 KINDS = ("full", "row", "column", "conv")
 TEXT_LEN, IMAGE_SIZE, CONV_KERNEL = 4, 4, 3

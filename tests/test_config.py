@@ -7,8 +7,16 @@ import sys
 
 import pytest
 
-from dalle_fast.config import (CONFIG_FILE, DEFAULT_HOLDOUT, PRESETS, Config, DataConfig, OptimConfig, preset,
-                               with_dataset)
+from dalle_fast.config import (
+    CONFIG_FILE,
+    DEFAULT_HOLDOUT,
+    PRESETS,
+    Config,
+    DataConfig,
+    OptimConfig,
+    preset,
+    with_dataset,
+)
 
 # docs/design.md#presets: image px, token grid side, codebook size, text_len.
 PRESET_TABLE = {

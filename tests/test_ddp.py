@@ -28,15 +28,13 @@ from stage_runs import one_thread, records, run_main  # noqa: F401 - a fixture
 import dalle_fast.train.loop
 from dalle_fast.checkpoint import load_checkpoint
 from dalle_fast.config import Config, preset
+from dalle_fast.data.splits import load_data
+from dalle_fast.device import World, local_batch_size, process_group
+from dalle_fast.run import UsageError, load_tokenizer, load_vae
 from dalle_fast.train import train
 from dalle_fast.train.dalle import DALLETrainer
-from dalle_fast.data.splits import load_data
 from dalle_fast.train.loader import IndexStream, RankSlice, train_loader
-from dalle_fast.device import World, local_batch_size, process_group
-from dalle_fast.run import UsageError
-from dalle_fast.run import load_tokenizer
 from dalle_fast.train.tokens import token_cache
-from dalle_fast.run import load_vae
 
 STEPS = 3
 BATCH = 8  # global: 4 per process

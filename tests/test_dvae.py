@@ -9,7 +9,14 @@ import torch.nn.functional as F
 
 from dalle_fast.config import preset
 from dalle_fast.dvae import DiscreteVAE
-from dalle_fast.dvae_loss import gaussian_nll, kl_to_uniform, logit_laplace_nll, map_pixels, marginal_kl_to_uniform, unmap_pixels
+from dalle_fast.dvae_loss import (
+    gaussian_nll,
+    kl_to_uniform,
+    logit_laplace_nll,
+    map_pixels,
+    marginal_kl_to_uniform,
+    unmap_pixels,
+)
 from dalle_fast.dvae_nets import ResidualBlock
 
 EPS = 0.1  # logit_laplace_eps of every preset

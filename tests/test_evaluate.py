@@ -17,14 +17,14 @@ from dalle_fast.checkpoint import Checkpoint, save_checkpoint
 from dalle_fast.clip import CLIP
 from dalle_fast.config import preset
 from dalle_fast.data import ShapesDataset, render
+from dalle_fast.data.splits import dataset_captions
 from dalle_fast.dvae import DiscreteVAE
 from dalle_fast.evaluate import EvalOptions, evaluate, main, pipeline
 from dalle_fast.evaluate.inception import FIDInception
 from dalle_fast.evaluate.report import FORMAT, KEYS, SECTION_KEYS
 from dalle_fast.model import DALLE
-from dalle_fast.tokenizer import CaptionTokenizer
-from dalle_fast.data.splits import dataset_captions
 from dalle_fast.run import UsageError
+from dalle_fast.tokenizer import CaptionTokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ACCURACY_KEYS = ["size", "color", "shape", "position", "all"]

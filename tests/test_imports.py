@@ -178,7 +178,8 @@ COMMANDS = {"dalle_fast/train/__init__.py": "", "dalle_fast/train/__main__.py": 
      "dalle_fast.dvae)"),
     ({"dalle_fast/a.py": "from . import b\n", "dalle_fast/b.py": "def f():\n    from .a import g\n"},
      "import cycle: dalle_fast.a -> dalle_fast.b -> dalle_fast.a"),
-    ({"dalle_fast/config.py": "from .data.spec import HOLDOUT\n", "dalle_fast/data/__init__.py": "from .shapes import S\n",
+    ({"dalle_fast/config.py": "from .data.spec import HOLDOUT\n",
+      "dalle_fast/data/__init__.py": "from .shapes import S\n",
       "dalle_fast/data/shapes.py": "from ..config import C\n", "dalle_fast/data/spec.py": ""},
      "import cycle: dalle_fast.config -> dalle_fast.data -> dalle_fast.data.shapes -> dalle_fast.config"),
 ])
@@ -190,7 +191,8 @@ def test_each_rule_fails_on_a_planted_violation(tmp_path: Path, files: dict[str,
 def test_a_tree_that_follows_the_rules_passes(tmp_path: Path) -> None:
     files = {**COMMANDS, "dalle_fast/generate/cli.py": "from ..run import open_run\nimport torch\n",
              "dalle_fast/train/cli.py": "from .. import run\nfrom .loop import Loop\n",
-             "dalle_fast/train/loop.py": "from ..data.splits import load\n", "dalle_fast/run.py": "from .dvae import V\n",
+             "dalle_fast/train/loop.py": "from ..data.splits import load\n",
+             "dalle_fast/run.py": "from .dvae import V\n",
              "dalle_fast/dvae.py": "import dalle_kernels\n", "dalle_fast/data/__init__.py": "",
              "dalle_fast/data/splits.py": "from .shapes import S\n", "dalle_fast/data/shapes.py": ""}
     assert violations(_tree(tmp_path, files)) == []

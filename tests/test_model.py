@@ -65,7 +65,8 @@ def test_causal_for_every_position(attention, device):
     for j in range(1, s - 1):
         text2, image2 = text.clone(), image.clone()
         if j < t:
-            text2[:, j] = (text2[:, j] + 1 + torch.randint(0, model.num_text_tokens - 1, (1,)).item()) % model.num_text_tokens
+            step = 1 + torch.randint(0, model.num_text_tokens - 1, (1,)).item()
+            text2[:, j] = (text2[:, j] + step) % model.num_text_tokens
         else:
             image2[:, j - t] = (image2[:, j - t] + 1 + torch.randint(0, 63, (1,)).item()) % 64
         after = position_outputs(model, text2, image2)

@@ -9,8 +9,21 @@ import torch
 from torch.utils.data import DataLoader
 
 from dalle_fast.config import preset
-from dalle_fast.data import (COLORS, DEFAULT_HOLDOUT, POSITIONS, SHAPES, SIZES, Attributes, ShapesDataset,
-                             attributes, caption, caption_attributes, check_holdout, read_attributes, render)
+from dalle_fast.data import (
+    COLORS,
+    DEFAULT_HOLDOUT,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    Attributes,
+    ShapesDataset,
+    attributes,
+    caption,
+    caption_attributes,
+    check_holdout,
+    read_attributes,
+    render,
+)
 from dalle_fast.data.shapes_draw import coverage
 from dalle_fast.data.shapes_spec import TEMPLATES
 

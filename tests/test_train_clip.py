@@ -22,14 +22,13 @@ from dalle_fast.checkpoint import load_checkpoint
 from dalle_fast.clip import CLIP
 from dalle_fast.config import Config, preset
 from dalle_fast.data import FolderDataset, ShapesDataset, caption
+from dalle_fast.data.splits import dataset_captions
+from dalle_fast.run import UsageError, load_clip
 from dalle_fast.tokenizer import CaptionTokenizer
 from dalle_fast.train import main
 from dalle_fast.train.cli import build_parser, resolve_config
-from dalle_fast.run import load_clip
 from dalle_fast.train.clip import degrade
 from dalle_fast.train.clip_eval import attribute_discrimination
-from dalle_fast.data.splits import dataset_captions
-from dalle_fast.run import UsageError
 from dalle_fast.train.tokenizer import SHAPES_CAPTIONS
 
 FIXTURES = Path(__file__).parent / "fixtures"

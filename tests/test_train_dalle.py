@@ -24,8 +24,10 @@ import dalle_fast.train.tokens
 from dalle_fast.checkpoint import load_checkpoint, save_checkpoint
 from dalle_fast.config import Config, preset
 from dalle_fast.data import ShapesDataset
+from dalle_fast.data.splits import load_data
 from dalle_fast.grid import PADDING
 from dalle_fast.model import DALLE
+from dalle_fast.run import UsageError, load_dalle, load_vae
 from dalle_fast.tokenizer import CaptionTokenizer
 from dalle_fast.train import main
 from dalle_fast.train.dalle import (
@@ -35,10 +37,7 @@ from dalle_fast.train.dalle import (
     sample_prompts,
     training_text,
 )
-from dalle_fast.data.splits import load_data
-from dalle_fast.run import UsageError, load_dalle
 from dalle_fast.train.tokens import CACHE_FILE, cache_key, read_cache, token_cache
-from dalle_fast.run import load_vae
 
 FIXTURES = Path(__file__).parent / "fixtures"
 STEPS = 4

@@ -31,8 +31,8 @@ from dalle_fast.data import ShapesDataset
 from dalle_fast.dvae import DiscreteVAE
 from dalle_fast.ema import EMA
 from dalle_fast.grid import PADDING
-from dalle_fast.train import main
 from dalle_fast.run import load_vae
+from dalle_fast.train import main
 from dalle_fast.train.loader import IndexStream
 from dalle_fast.train.vae_augment import augment
 from dalle_fast.validation import GRID_IMAGES
@@ -61,7 +61,8 @@ def test_cli_run_writes_config_metrics_grid_and_checkpoint(tiny_run: tuple[Path,
         getattr(expected, name), optim=dataclasses.replace(getattr(expected, name).optim, steps=STEPS))
         for name in ("vae", "transformer", "clip")})
 
-    train_row, val_row = [r for r in records(run_dir) if r["stage"] == "vae"]  # log_every and eval_every exceed 4: both come from the last step
+    # log_every and eval_every exceed 4: both records come from the last step
+    train_row, val_row = [r for r in records(run_dir) if r["stage"] == "vae"]
     assert set(train_row) == TRAIN_KEYS and set(val_row) == VAL_KEYS
     assert [(r["stage"], r["split"], r["step"]) for r in (train_row, val_row)] == [("vae", "train", 4),
                                                                                    ("vae", "val", 4)]

@@ -18,8 +18,17 @@ from torch.utils.data import Dataset
 
 from ..config import SPLITS, Config, DataConfig
 from .shapes_draw import render
-from .shapes_spec import (COLORS, DEFAULT_HOLDOUT, POSITIONS, SHAPES, SIZES, TEMPLATES, Attributes, caption,
-                          check_holdout)
+from .shapes_spec import (
+    COLORS,
+    DEFAULT_HOLDOUT,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    TEMPLATES,
+    Attributes,
+    caption,
+    check_holdout,
+)
 
 
 def _pairs(split: str, holdout: frozenset[tuple[str, str]]) -> tuple[tuple[str, str], ...]:

@@ -21,9 +21,9 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from ..atomic import write_atomic
+from ..cli_types import positive_int
 from ..data.images import load_image
 from ..grid import PADDING, image_grid
-from ..cli_types import positive_int
 from ..run import UsageError
 from ..sampling import check_sampling, default_top_k
 from ..text_to_image import TextToImage

@@ -17,11 +17,11 @@ from typing import Any
 import torch
 
 from ..config import Config
+from ..data.splits import TrainData
 from ..dvae import DiscreteVAE, VAEOutput
 from ..grid import save_grid
 from ..metrics import codebook_usage
 from ..schedules import VAESchedule, vae_schedule
-from ..data.splits import TrainData
 from ..validation import summary, validate_vae
 from .loop import StageTrainer
 from .vae_augment import augment
@@ -69,7 +69,8 @@ class VAETrainer(StageTrainer):
         """The batch's loss terms and token usage."""
         usage = codebook_usage(output.logits.detach().argmax(dim=1), self.config.vae.codebook_size)
         return {"loss": output.loss.item(), "recon": output.recon_loss.item(), "kl": output.kl.item(),
-                "marginal_kl": output.marginal_kl.item(), "perplexity": float(usage.perplexity), "codes_used": float(usage.fraction_used)}
+                "marginal_kl": output.marginal_kl.item(), "perplexity": float(usage.perplexity),
+                "codes_used": float(usage.fraction_used)}
 
     def evaluate(self, model: DiscreteVAE) -> dict[str, Any]:
         """The val reconstruction metrics (:func:`.vae_eval.validate_vae`); saves the grid."""
