@@ -1,4 +1,5 @@
-"""Image grids: rows of images tiled into one PNG (e.g. originals above their reconstructions)."""
+"""Image grids: rows of images tiled into one PNG (e.g. originals above their reconstructions), and the
+grid of generated images under their prompt that ``generate`` writes and ``serve`` offers for download."""
 from __future__ import annotations
 
 import os
@@ -6,11 +7,12 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from .atomic import write_atomic
 
 PADDING = 2  # white pixels between and around the tiles
+COLUMNS = 8  # images per row of a prompt grid
 
 
 def image_grid(rows: Sequence[torch.Tensor]) -> Image.Image:
@@ -35,3 +37,20 @@ def save_grid(rows: Sequence[torch.Tensor], path: str | os.PathLike) -> None:
     """Write :func:`image_grid` of ``rows`` to ``path`` as a PNG, atomically."""
     grid = image_grid(rows)
     write_atomic(path, lambda tmp: grid.save(tmp, format="PNG"))
+
+
+def prompt_grid(images: torch.Tensor, prompt: str, columns: int = COLUMNS) -> Image.Image:
+    """``images`` (K, 3, H, W) in [0, 1] tiled ``columns`` to a row (:func:`image_grid`, the last row
+    padded with white tiles) under a white band with ``prompt`` written in PIL's default font; the
+    picture is widened to the prompt when it is wider than the tiles."""
+    columns = min(columns, len(images))
+    blank = torch.ones(-len(images) % columns, *images.shape[1:])
+    tiles = torch.cat([images, blank])
+    grid = image_grid(list(tiles.split(columns)))
+    font = ImageFont.load_default()
+    _, _, right, bottom = ImageDraw.Draw(grid).textbbox((0, 0), prompt, font=font)
+    band = bottom + 2 * PADDING
+    picture = Image.new("RGB", (max(grid.width, right + 2 * PADDING), grid.height + band), "white")
+    ImageDraw.Draw(picture).text((PADDING, PADDING), prompt, fill="black", font=font)
+    picture.paste(grid, (0, band))
+    return picture

@@ -18,17 +18,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageDraw, ImageFont
 
 from ..atomic import write_atomic
 from ..cli_types import positive_int
 from ..data.images import load_image
-from ..grid import PADDING, image_grid
+from ..grid import prompt_grid
 from ..run import UsageError
 from ..sampling import check_sampling, default_top_k
 from ..text_to_image import TextToImage
-
-COLUMNS = 8  # images per row of the grid
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,20 +99,3 @@ def prime_image(args: argparse.Namespace, pipeline: TextToImage) -> torch.Tensor
         return load_image(args.prime, pipeline.image_size)
     except Exception as e:  # noqa: BLE001 - PIL raises OSError and others for files it cannot decode
         raise UsageError(f"--prime {args.prime}: cannot read it as an image ({e})") from None
-
-
-def prompt_grid(images: torch.Tensor, prompt: str, columns: int = COLUMNS) -> Image.Image:
-    """``images`` (K, 3, H, W) in [0, 1] tiled ``columns`` to a row (:func:`dalle_fast.grid.image_grid`,
-    the last row padded with white tiles) under a white band with ``prompt`` written in PIL's
-    default font; the picture is widened to the prompt when it is wider than the tiles."""
-    columns = min(columns, len(images))
-    blank = torch.ones(-len(images) % columns, *images.shape[1:])
-    tiles = torch.cat([images, blank])
-    grid = image_grid(list(tiles.split(columns)))
-    font = ImageFont.load_default()
-    _, _, right, bottom = ImageDraw.Draw(grid).textbbox((0, 0), prompt, font=font)
-    band = bottom + 2 * PADDING
-    picture = Image.new("RGB", (max(grid.width, right + 2 * PADDING), grid.height + band), "white")
-    ImageDraw.Draw(picture).text((PADDING, PADDING), prompt, fill="black", font=font)
-    picture.paste(grid, (0, band))
-    return picture
