@@ -80,13 +80,16 @@ def test_codes_near_inputs_are_found(device):
 
 def test_exact_ties_pick_lowest_index(device):
     num_codes, size = 8193, 5
-    codebook = torch.randn(num_codes, size, device=device)
+    # Multiples of 1/8 (codes) and 1/64 (noise): every product and sum of the distance formula is
+    # exact in float32, so duplicate codes tie whatever order a dot (numpy's GEMM in the
+    # interpreter) adds in, and the test sees only the kernel's own tie-breaking.
+    codebook = torch.randint(-64, 65, (num_codes, size), device=device) / 8
     # Duplicate groups: inside one 64-code tile, across tiles, and with the last (tail) code.
     groups = [[5, 9, 40], [10, 70, 130, 8000], [3, 8192]]
     for group in groups:
         codebook[group[1:]] = codebook[group[0]].clone()
     picks = [group[-1] for group in groups]
-    x = codebook[picks] + 1e-3 * torch.randn(len(picks), size, device=device)
+    x = codebook[picks] + torch.randint(-2, 3, (len(picks), size), device=device) / 64
     x = torch.cat([x, codebook[picks]])  # noisy copies and exact copies (distance 0)
     indices, sq_dist = dk.nearest_codebook(x, codebook)
     lowest = torch.tensor([group[0] for group in groups] * 2, device=device)
