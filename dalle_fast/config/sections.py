@@ -18,6 +18,8 @@ from ..data.shapes_spec import DEFAULT_HOLDOUT, check_holdout
 from .schema import ConfigFile, Section
 
 SPLITS = ("train", "val", "test")
+RUN_RERANKER = "run"  # CLIPConfig.reranker of a run reranking with its own CLIP (the clip stage)
+OPEN_CLIP_PREFIX = "open_clip:"  # ... and the prefix of a pretrained open_clip model
 
 
 @dataclass(frozen=True)
@@ -35,11 +37,14 @@ class OptimConfig(Section):
     eps: float = 1e-8
     grad_clip: float = 0.0  # max global gradient norm; 0 disables clipping
     ema_decay: float = 0.0  # decay of an exponential moving average of the weights; 0 disables it
+    accumulation: int = 1  # micro-batches per step: batch_size = micro-batch x accumulation x processes
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self._require("steps", self.steps >= 1, ">= 1")
         self._require("batch_size", self.batch_size >= 1, ">= 1")
+        self._require("accumulation", self.accumulation >= 1 and self.batch_size % self.accumulation == 0,
+                      f"an int >= 1 that divides batch_size ({self.batch_size})")
         self._require("lr", self.lr > 0, "> 0")
         self._require("lr_min", 0 <= self.lr_min <= self.lr, "in [0, lr]")
         self._require("warmup_fraction", 0 <= self.warmup_fraction <= 1, "in [0, 1]")
@@ -241,7 +246,13 @@ class CLIPConfig(Section):
     Training images are degraded so that CLIP reads generated (dVAE-decoded, softer and noisier)
     images as it reads clean ones: each is blurred (2x average-pooled, then upsampled) with
     probability ``augment_blur`` and gets Gaussian pixel noise of a standard deviation drawn
-    uniformly from [0, ``augment_noise``]."""
+    uniformly from [0, ``augment_noise``].
+
+    ``reranker``: what scores samples for reranking. ``"run"`` is this CLIP, trained by the run's
+    clip stage; ``"open_clip:MODEL"`` is a pretrained CLIP of the ``open_clip`` package (MODEL an
+    open_clip model name, or the path of an open_clip model config ``.json``) with its weights in
+    the file ``reranker_weights``; such a run has no clip stage to train
+    (:mod:`dalle_fast.rerankers`)."""
 
     width: int
     layers: int
@@ -252,9 +263,16 @@ class CLIPConfig(Section):
     candidates: int = 512
     augment_blur: float = 0.5
     augment_noise: float = 0.1
+    reranker: str = RUN_RERANKER
+    reranker_weights: str = ""
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        open_clip = self.reranker.startswith(OPEN_CLIP_PREFIX)
+        self._require("reranker", self.reranker == RUN_RERANKER or (open_clip and self.reranker != OPEN_CLIP_PREFIX),
+                      f"{RUN_RERANKER!r} or {OPEN_CLIP_PREFIX!r} followed by an open_clip model name")
+        self._require("reranker_weights", bool(self.reranker_weights) == open_clip,
+                      f"the weights file of an {OPEN_CLIP_PREFIX} reranker, and empty for {RUN_RERANKER!r}")
         for name in ("width", "layers", "heads", "embed_dim", "patch_size", "candidates"):
             self._require(name, getattr(self, name) >= 1, ">= 1")
         self._require("width", self.width % self.heads == 0, f"a multiple of heads ({self.heads})")
@@ -265,7 +283,10 @@ class CLIPConfig(Section):
 @dataclass(frozen=True)
 class TrainConfig(Section):
     """Settings shared by all training stages. ``precision``: ``"auto"`` is bf16 autocast on a GPU
-    and fp32 on the CPU. ``*_every`` count optimizer steps."""
+    and fp32 on the CPU. ``*_every`` count optimizer steps. ``parallel``: how several torchrun
+    processes share the model: ``"ddp"`` replicates it, ``"fsdp"`` shards it (FSDP2, one unit per
+    transformer block and per dVAE group). ``activation_checkpointing``: recompute each block's
+    activations in the backward instead of storing them."""
 
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16"] = "auto"
@@ -273,6 +294,8 @@ class TrainConfig(Section):
     eval_every: int = 500
     checkpoint_every: int = 500
     num_workers: int = 0
+    parallel: Literal["ddp", "fsdp"] = "ddp"
+    activation_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
