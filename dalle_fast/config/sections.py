@@ -37,14 +37,11 @@ class OptimConfig(Section):
     eps: float = 1e-8
     grad_clip: float = 0.0  # max global gradient norm; 0 disables clipping
     ema_decay: float = 0.0  # decay of an exponential moving average of the weights; 0 disables it
-    accumulation: int = 1  # micro-batches per step: batch_size = micro-batch x accumulation x processes
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self._require("steps", self.steps >= 1, ">= 1")
         self._require("batch_size", self.batch_size >= 1, ">= 1")
-        self._require("accumulation", self.accumulation >= 1 and self.batch_size % self.accumulation == 0,
-                      f"an int >= 1 that divides batch_size ({self.batch_size})")
         self._require("lr", self.lr > 0, "> 0")
         self._require("lr_min", 0 <= self.lr_min <= self.lr, "in [0, lr]")
         self._require("warmup_fraction", 0 <= self.warmup_fraction <= 1, "in [0, 1]")
@@ -283,10 +280,7 @@ class CLIPConfig(Section):
 @dataclass(frozen=True)
 class TrainConfig(Section):
     """Settings shared by all training stages. ``precision``: ``"auto"`` is bf16 autocast on a GPU
-    and fp32 on the CPU. ``*_every`` count optimizer steps. ``parallel``: how several torchrun
-    processes share the model: ``"ddp"`` replicates it, ``"fsdp"`` shards it (FSDP2, one unit per
-    transformer block and per dVAE group). ``activation_checkpointing``: recompute each block's
-    activations in the backward instead of storing them."""
+    and fp32 on the CPU. ``*_every`` count optimizer steps."""
 
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16"] = "auto"
@@ -294,8 +288,6 @@ class TrainConfig(Section):
     eval_every: int = 500
     checkpoint_every: int = 500
     num_workers: int = 0
-    parallel: Literal["ddp", "fsdp"] = "ddp"
-    activation_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
