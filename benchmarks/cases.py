@@ -366,13 +366,14 @@ def runs(case_list: list[Case], on_gpu: bool = ON_GPU) -> list[Run]:
             for contender in case.contenders if on_gpu or not contender.gpu_only]
 
 
-def make_inputs(case: Case, backward: bool) -> dict:
-    """Fresh random keyword arguments of ``case`` on DEVICE; float inputs require grad when ``backward``."""
-    inputs = {name: torch.randn(shape, device=DEVICE, dtype=DTYPE, requires_grad=backward)
+def make_inputs(case: Case, backward: bool, device: torch.device | str = DEVICE, dtype: torch.dtype = DTYPE) -> dict:
+    """Fresh random keyword arguments of ``case`` (on DEVICE in DTYPE unless given; ``meta`` tensors
+    have shapes only); float inputs require grad when ``backward``."""
+    inputs = {name: torch.randn(shape, device=device, dtype=dtype, requires_grad=backward)
               for name, shape in case.floats.items()}
     if case.indices is not None:
         shape, high = case.indices
-        inputs["indices"] = torch.randint(high, shape, device=DEVICE)
+        inputs["indices"] = torch.randint(high, shape, device=device)
     return inputs | case.options
 
 

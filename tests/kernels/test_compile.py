@@ -1,0 +1,121 @@
+"""Every kernel variant compiled by Triton's own compiler for sm_90 and sm_80 with no GPU present
+(``benchmarks/compile_report.py --subset ci``), and the check itself: a kernel that does not compile,
+one that spills registers, and shared memory over a target's limit are reported as failures.
+
+The kernels' other tests run through Triton's interpreter on a CPU, which accepts code that the
+compiler rejects (the broken kernel below is one); this file is what catches that before a GPU does.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import triton.language as tl
+from triton.runtime.jit import JITFunction
+
+from dalle_kernels import cross_compile
+from dalle_kernels.cross_compile import TARGETS, Launch, Result
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def compile_once(fn, args: tuple, arch: int, **options) -> Result:
+    """``fn`` (a plain function in Triton's language) compiled for ``arch`` through the check's own path."""
+    kernel = JITFunction(fn)  # not @triton.jit: under TRITON_INTERPRET=1 that would give an interpreted kernel
+    variant = cross_compile.specialize(Launch(kernel, args, options, (1,)), arch)
+    return cross_compile.compile_variant(variant)
+
+
+def _dot_too_small_kernel(a_ptr, out_ptr, BLOCK: tl.constexpr):
+    # tl.dot needs every dimension >= 16: Triton's interpreter runs this with BLOCK = 8, the compiler refuses it.
+    offs = tl.arange(0, BLOCK)
+    tile = offs[:, None] * BLOCK + offs[None, :]
+    a = tl.load(a_ptr + tile)
+    tl.store(out_ptr + tile, tl.dot(a, a))
+
+
+def _spilling_kernel(x_ptr, out_ptr, BLOCK: tl.constexpr):
+    # One warp keeps BLOCK floats live across the reduction: BLOCK / 32 registers per thread, far over 255.
+    offs = tl.arange(0, BLOCK)
+    x = tl.load(x_ptr + offs)
+    tl.store(out_ptr + offs, x - tl.sum(x, 0))
+
+
+def meta(*shape, dtype=torch.float32) -> torch.Tensor:
+    return torch.empty(shape, dtype=dtype, device="meta")
+
+
+@pytest.mark.parametrize("arch", sorted(TARGETS))
+def test_a_kernel_that_does_not_compile_fails_the_check(arch):
+    result = compile_once(_dot_too_small_kernel, (meta(64, dtype=torch.float16), meta(64), 8), arch, num_warps=1)
+    assert result.error is not None and result.registers is None
+    found = cross_compile.problems(result)
+    assert len(found) == 1 and "_dot_too_small_kernel" in found[0] and "does not compile" in found[0], found
+
+
+def test_register_spills_fail_a_hot_kernel_only():
+    result = compile_once(_spilling_kernel, (meta(16384), meta(16384), 16384), 90, num_warps=1)
+    assert result.error is None, result.error
+    assert result.registers == 255 and result.spill_stores > 0 and result.spill_loads > 0, result
+    assert cross_compile.problems(result, hot=frozenset()) == []
+    found = cross_compile.problems(result, hot=frozenset({"_spilling_kernel"}))
+    assert len(found) == 1 and "spills registers" in found[0], found
+    assert cross_compile.problems(result, hot=frozenset({"_spilling_kernel"}), allowed_spill=lambda r: True) == []
+
+
+def test_a_kernel_that_fits_passes_and_reports_its_resources():
+    result = compile_once(_spilling_kernel, (meta(256), meta(256), 256), 90, num_warps=4)
+    assert result.error is None and result.spill_stores == 0 and result.spill_loads == 0
+    assert 0 < result.registers < 64 and result.instructions > 0 and result.loop_instructions is None
+    assert cross_compile.problems(result, hot=frozenset({"_spilling_kernel"})) == []
+
+
+@pytest.mark.parametrize("arch", sorted(TARGETS))
+def test_shared_memory_over_the_target_limit_fails_any_kernel(arch):
+    limit = TARGETS[arch].max_shared
+    fits = Result("_any_kernel", arch, "bf16", registers=32, spill_stores=0, spill_loads=0, shared=limit)
+    assert cross_compile.problems(fits) == []
+    over = Result("_any_kernel", arch, "bf16", registers=32, spill_stores=0, spill_loads=0, shared=limit + 1)
+    found = cross_compile.problems(over)
+    assert len(found) == 1 and f"over the target's {limit}" in found[0], found
+
+
+def test_sass_counts_loops_local_memory_and_tensor_core_instructions():
+    sass = """
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+        /*0010*/                   STL.64 [R1], R2 ;
+        /*0020*/                   HGMMA.64x64x16.F32.BF16 R24, gdesc[UR4], R24 ;
+        /*0030*/                   HGMMA.64x64x16.F32.BF16 R24, gdesc[UR4], R24, gsb0 ;
+        /*0040*/                   LDL R3, [R1] ;
+        /*0050*/              @!P1 BRA 0x20 ;
+        /*0060*/                   EXIT ;
+        /*0070*/                   BRA 0x70;
+    """
+    counts = cross_compile.parse_sass(sass)
+    assert counts == {"instructions": 8, "spill_stores": 8, "spill_loads": 4, "loop_instructions": 4, "loops": 1,
+                      "mma": "HGMMA x2"}
+
+
+def test_every_kernel_variant_compiles_for_hopper_and_ampere(tmp_path):
+    """The CI subset of benchmarks/compile_report.py, in its own process: the kernels must be real
+    JITFunctions, i.e. triton imported without TRITON_INTERPRET."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "DALLE_KERNELS_BACKEND",
+                                                           "DALLE_KERNELS_POISON")}
+    env["OMP_NUM_THREADS"] = "1"
+    report = tmp_path / "compile.json"
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compile_report.py"), "--subset", "ci",
+                          "--out", str(tmp_path), "--json", str(report)],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    assert run.returncode == 0, f"compile check failed:\n{run.stdout[-4000:]}\n{run.stderr[-8000:]}"
+    data = json.loads(report.read_text())
+    assert data["problems"] == []
+    compiled = {(r["kernel"], r["arch"]) for r in data["results"] if r["error"] is None}
+    for kernel in cross_compile.kernels_of():
+        for arch in TARGETS:
+            assert (kernel, arch) in compiled, f"{kernel} was not compiled for sm_{arch}"
+    for arch in TARGETS:
+        table = (tmp_path / f"compile-sm{arch}.md").read_text()
+        assert "**Check: PASS**" in table and "_sparse_attention_dkdv_kernel" in table
