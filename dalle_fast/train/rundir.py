@@ -38,6 +38,11 @@ def config_differences(saved: Config, given: Config, ignore: Collection[str] = (
             for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key) and key not in ignore]
 
 
+def setting_keys(*configs: Config | None) -> list[str]:
+    """The key paths (``vae.optim.lr``, ...) of every setting of the given configs."""
+    return sorted({key for c in configs if c is not None for key in _flatten(c.to_dict())})
+
+
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in tree.items():
