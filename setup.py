@@ -26,5 +26,12 @@ setup(
     extras_require={
         "test": ["pytest", "hypothesis", "ruff"],
         "bench": ["pytest", "pytest-benchmark"],
+        # python -m dalle_fast.convert openai-dvae on pickled modules: what the dall_e package imports. dall_e
+        # itself goes in alone, `pip install --no-deps DALL-E==0.1`: its own requirements (torchvision, mypy,
+        # pytest, blobfile) are not needed to load the modules and could replace the installed torch.
+        "openai": ["attrs", "requests"],
+        # --clip open_clip:MODEL; install with the installed torch pinned so that pip picks its torchvision:
+        # pip install -e ".[open_clip]" "torch==$(python -c 'import torch; print(torch.__version__)')"
+        "open_clip": ["open-clip-torch"],
     },
 )

@@ -20,6 +20,16 @@ if ! $PY -c "import dalle_kernels, dalle_fast, triton, pytest, pytest_benchmark,
   $PY -m pip install -q -e ".[test,bench]"
 fi
 
+# Optional extras (setup.py: openai, open_clip) for the tests of the OpenAI dVAE converter and the open_clip
+# rerankers. dall_e alone, without its own requirements (torchvision, mypy, ...); open_clip with the installed
+# torch pinned, so that pip takes the torchvision of that torch and never replaces torch.
+if ! $PY -c "import dall_e" 2>/dev/null; then
+  $PY -m pip install -q --no-deps "DALL-E==0.1" && $PY -m pip install -q attrs requests
+fi
+if ! $PY -c "import importlib.util as u, sys; sys.exit(u.find_spec('open_clip') is None)"; then
+  $PY -m pip install -q open-clip-torch "torch==$($PY -c 'import torch; print(torch.__version__)')"
+fi
+
 echo "== lint (ruff: pyflakes, pycodestyle, import order; pyproject.toml)"
 $PY -m ruff check .
 

@@ -3,6 +3,9 @@ the dVAE, rerank the samples by CLIP score (Ramesh et al. 2021, section 2.5).
 
 Sampling is repeatable: ``seed`` seeds one generator on the run's device that the batches draw
 from in turn, so the same prompt, seed, settings and ``batch_size`` give the same images.
+
+The reranker (:mod:`dalle_fast.rerankers`) is the run's CLIP, or a pretrained open_clip model:
+the config's ``clip.reranker``, or the ``clip``/``clip_weights`` arguments of :meth:`TextToImage.from_run`.
 """
 from __future__ import annotations
 
@@ -18,22 +21,21 @@ from .clip import CLIP
 from .config import Config
 from .dvae import DiscreteVAE
 from .model import DALLE
+from .rerankers import Reranker, RunCLIP
 from .run import (
     RUN_FLAG,
     UsageError,
     autocast,
-    has_stage,
-    load_clip,
     load_dalle,
+    load_reranker,
     load_tokenizer,
     load_vae,
     open_run,
     pick_device,
+    reranker_config,
 )
 from .sampling import check_sampling, sample_image_tokens
 from .tokenizer import CaptionTokenizer
-
-SCORE_BATCH = 64  # images per CLIP forward when scoring
 
 
 class GenerationResult(NamedTuple):
@@ -49,25 +51,38 @@ class GenerationResult(NamedTuple):
 
 class TextToImage:
     """Everything generation needs from a run directory: its config, tokenizer, dVAE and
-    transformer, and its CLIP when the clip stage was trained (else ``clip`` is None and
-    :meth:`generate` cannot rerank). Models are frozen, in eval mode, on ``device``."""
+    transformer, and its ``reranker`` (:class:`~dalle_fast.rerankers.Reranker`): the run's CLIP
+    when the clip stage was trained, or a pretrained open_clip model; None when there is neither
+    (:meth:`generate` then cannot rerank). ``clip`` may be given as a run's
+    :class:`~dalle_fast.clip.CLIP` (scored over ``tokenizer``) or as any reranker. Models are
+    frozen, in eval mode, on ``device``."""
 
     def __init__(self, config: Config, tokenizer: CaptionTokenizer, vae: DiscreteVAE, dalle: DALLE,
-                 clip: CLIP | None, device: torch.device) -> None:
+                 clip: CLIP | Reranker | None, device: torch.device) -> None:
         self.config, self.tokenizer, self.device = config, tokenizer, device
         self.vae, self.dalle = (m.to(device).eval().requires_grad_(False) for m in (vae, dalle))
-        self.clip = None if clip is None else clip.to(device).eval().requires_grad_(False)
+        reranker = RunCLIP(clip, tokenizer) if isinstance(clip, CLIP) else clip
+        self.reranker = None if reranker is None else reranker.to(device)
+
+    @property
+    def clip(self) -> Reranker | None:
+        """The reranker (None without one); the name of earlier releases."""
+        return self.reranker
 
     @classmethod
-    def from_run(cls, run_dir: str | os.PathLike, device: str | torch.device | None = None) -> TextToImage:
-        """Load the run in ``run_dir`` onto ``device`` (default: the GPU if there is one). A
-        missing directory, config, tokenizer, vae or dalle checkpoint raises ``UsageError``
-        saying what to do."""
+    def from_run(cls, run_dir: str | os.PathLike, device: str | torch.device | None = None, *,
+                 clip: str | None = None, clip_weights: str | None = None) -> TextToImage:
+        """Load the run in ``run_dir`` onto ``device`` (default: the GPU if there is one).
+        ``clip``: the reranker instead of the config's ``clip.reranker``: ``"run"`` (the run's
+        CLIP) or ``"open_clip:MODEL"`` with its local weights file ``clip_weights``. A missing
+        directory, config, tokenizer, vae or dalle checkpoint, or an unusable reranker, raises
+        ``UsageError`` saying what to do."""
         run_dir, config = open_run(run_dir, RUN_FLAG)
+        config = reranker_config(config, clip, clip_weights)
         tokenizer = load_tokenizer(config, run_dir, RUN_FLAG)
         vae, dalle = load_vae(config, run_dir, RUN_FLAG), load_dalle(config, run_dir, RUN_FLAG)
-        clip = load_clip(config, run_dir, RUN_FLAG) if has_stage(run_dir, "clip") else None
-        return cls(config, tokenizer, vae, dalle, clip, pick_device() if device is None else torch.device(device))
+        reranker = load_reranker(config, run_dir, tokenizer, RUN_FLAG)
+        return cls(config, tokenizer, vae, dalle, reranker, pick_device() if device is None else torch.device(device))
 
     @property
     def image_size(self) -> int:
@@ -118,26 +133,27 @@ class TextToImage:
                 images.append(self.vae.decode(tokens.view(count, grid, grid)).float().cpu())
         return torch.cat(images)
 
-    @torch.no_grad()
     def score(self, prompt: str, images: torch.Tensor) -> torch.Tensor:
-        """CLIP scores (num,) float32 on the CPU of images (num, 3, H, W) in [0, 1] against
-        ``prompt`` (higher = better match). ``UsageError`` when the run has no CLIP."""
-        if self.clip is None:
+        """Reranker (CLIP) scores (num,) float32 on the CPU of images (num, 3, H, W) in [0, 1]
+        against ``prompt`` (higher = better match). ``UsageError`` when the run has no reranker."""
+        if self.reranker is None:
             raise UsageError("the run has no clip checkpoint, so images cannot be scored: train that stage "
-                             "first (--stage clip)")
-        text = self.tokenizer.encode([prompt]).to(self.device)
-        return torch.cat([self.clip.score(text, chunk.to(self.device)).float().cpu()
-                          for chunk in images.split(SCORE_BATCH)])
+                             "first (--stage clip), or rerank with a pretrained CLIP (--clip open_clip:MODEL "
+                             "--clip-weights FILE)")
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt: expected a str, got {type(prompt).__name__}")
+        return self.reranker.score(prompt, images)
 
     def generate(self, prompt: str, num: int, keep: int, **sample_kwargs: Any) -> GenerationResult:
         """Sample ``num`` images for ``prompt`` (``sample_kwargs`` as :meth:`sample`) and keep the
-        ``keep`` best by CLIP score, best first; without a CLIP, the first ``keep`` (a warning is printed)."""
+        ``keep`` best by reranker score, best first; without one, the first ``keep`` (a warning is printed)."""
         check_int("num", num, 1)
         check_int("keep", keep, 1, num)
         images = self.sample(prompt, num, **sample_kwargs)
-        if self.clip is None:
+        if self.reranker is None:
             print(f"warning: the run has no clip checkpoint: keeping the first {keep} of {num} samples without "
-                  "reranking (train the clip stage to rerank)", file=sys.stderr)
+                  "reranking (train the clip stage, or pass --clip open_clip:MODEL --clip-weights FILE, to rerank)",
+                  file=sys.stderr)
             scores = torch.full((num,), math.nan)
             order = torch.arange(num)
         else:

@@ -10,11 +10,23 @@ The shapes facts the config checks (``DEFAULT_HOLDOUT``, the holdout check) come
 :mod:`dalle_fast.data.shapes_spec`, which imports nothing of ``dalle_fast``.
 """
 from ..data.shapes_spec import DEFAULT_HOLDOUT
-from .presets import PRESETS, preset, with_dataset
-from .schema import CONFIG_FILE
-from .sections import SPLITS, CLIPConfig, Config, DataConfig, OptimConfig, TrainConfig, TransformerConfig, VAEConfig
+from .presets import PRESETS, preset, with_dataset, with_reranker
+from .schema import CONFIG_FILE, SCHEMA
+from .sections import (
+    OPEN_CLIP_PREFIX,
+    RUN_RERANKER,
+    SPLITS,
+    CLIPConfig,
+    Config,
+    DataConfig,
+    OptimConfig,
+    TrainConfig,
+    TransformerConfig,
+    VAEConfig,
+)
 
 __all__ = [
-    "CONFIG_FILE", "DEFAULT_HOLDOUT", "PRESETS", "SPLITS", "CLIPConfig", "Config", "DataConfig", "OptimConfig",
-    "TrainConfig", "TransformerConfig", "VAEConfig", "preset", "with_dataset",
+    "CONFIG_FILE", "DEFAULT_HOLDOUT", "OPEN_CLIP_PREFIX", "PRESETS", "RUN_RERANKER", "SCHEMA", "SPLITS", "CLIPConfig",
+    "Config", "DataConfig", "OptimConfig", "TrainConfig", "TransformerConfig", "VAEConfig", "preset", "with_dataset",
+    "with_reranker",
 ]

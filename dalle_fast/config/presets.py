@@ -22,7 +22,17 @@ import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
-from .sections import CLIPConfig, Config, DataConfig, OptimConfig, TrainConfig, TransformerConfig, VAEConfig
+from .sections import (
+    OPEN_CLIP_PREFIX,
+    RUN_RERANKER,
+    CLIPConfig,
+    Config,
+    DataConfig,
+    OptimConfig,
+    TrainConfig,
+    TransformerConfig,
+    VAEConfig,
+)
 
 
 def _tiny() -> Config:
@@ -211,3 +221,20 @@ def with_dataset(config: Config, dataset: str) -> Config:
         dataset = str(Path(dataset).expanduser().resolve())
         config = dataclasses.replace(config, vae=dataclasses.replace(config.vae, augment_composite=0.0))
     return dataclasses.replace(config, data=dataclasses.replace(config.data, dataset=dataset))
+
+
+def with_reranker(config: Config, reranker: str, weights: str | None = None) -> Config:
+    """``config`` reranking with ``reranker``: ``"run"`` (the run's own CLIP) or
+    ``"open_clip:MODEL"`` with its ``weights`` file (``clip.reranker``, ``clip.reranker_weights``;
+    paths made absolute: the weights, and MODEL when it is a model config ``.json``). An invalid
+    pair raises ``ValueError`` naming the field."""
+    if reranker.startswith(OPEN_CLIP_PREFIX):
+        model = reranker.removeprefix(OPEN_CLIP_PREFIX)
+        if model.endswith(".json"):
+            reranker = OPEN_CLIP_PREFIX + str(Path(model).expanduser().resolve())
+        weights = str(Path(weights).expanduser().resolve()) if weights else ""
+    elif reranker != RUN_RERANKER:
+        raise ValueError(f"CLIPConfig.reranker: must be {RUN_RERANKER!r} or {OPEN_CLIP_PREFIX!r} followed by an "
+                         f"open_clip model name, got {reranker!r}")
+    return dataclasses.replace(config, clip=dataclasses.replace(config.clip, reranker=reranker,
+                                                                 reranker_weights=weights or ""))

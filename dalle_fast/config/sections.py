@@ -18,6 +18,8 @@ from ..data.shapes_spec import DEFAULT_HOLDOUT, check_holdout
 from .schema import ConfigFile, Section
 
 SPLITS = ("train", "val", "test")
+RUN_RERANKER = "run"  # CLIPConfig.reranker of a run reranking with its own CLIP (the clip stage)
+OPEN_CLIP_PREFIX = "open_clip:"  # ... and the prefix of a pretrained open_clip model
 
 
 @dataclass(frozen=True)
@@ -241,7 +243,13 @@ class CLIPConfig(Section):
     Training images are degraded so that CLIP reads generated (dVAE-decoded, softer and noisier)
     images as it reads clean ones: each is blurred (2x average-pooled, then upsampled) with
     probability ``augment_blur`` and gets Gaussian pixel noise of a standard deviation drawn
-    uniformly from [0, ``augment_noise``]."""
+    uniformly from [0, ``augment_noise``].
+
+    ``reranker``: what scores samples for reranking. ``"run"`` is this CLIP, trained by the run's
+    clip stage; ``"open_clip:MODEL"`` is a pretrained CLIP of the ``open_clip`` package (MODEL an
+    open_clip model name, or the path of an open_clip model config ``.json``) with its weights in
+    the file ``reranker_weights``; such a run has no clip stage to train
+    (:mod:`dalle_fast.rerankers`)."""
 
     width: int
     layers: int
@@ -252,9 +260,16 @@ class CLIPConfig(Section):
     candidates: int = 512
     augment_blur: float = 0.5
     augment_noise: float = 0.1
+    reranker: str = RUN_RERANKER
+    reranker_weights: str = ""
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        open_clip = self.reranker.startswith(OPEN_CLIP_PREFIX)
+        self._require("reranker", self.reranker == RUN_RERANKER or (open_clip and self.reranker != OPEN_CLIP_PREFIX),
+                      f"{RUN_RERANKER!r} or {OPEN_CLIP_PREFIX!r} followed by an open_clip model name")
+        self._require("reranker_weights", bool(self.reranker_weights) == open_clip,
+                      f"the weights file of an {OPEN_CLIP_PREFIX} reranker, and empty for {RUN_RERANKER!r}")
         for name in ("width", "layers", "heads", "embed_dim", "patch_size", "candidates"):
             self._require(name, getattr(self, name) >= 1, ">= 1")
         self._require("width", self.width % self.heads == 0, f"a multiple of heads ({self.heads})")

@@ -3,6 +3,7 @@
     python -m dalle_fast.evaluate --run runs/NAME [--data shapes|DIR|captions.json [--images DIR]]
         [--split val|test] [--num-prompts N] [--samples-per-prompt S] [--seed 0]
         [--temperature T] [--top-k K] [--batch-size B] [--inception-weights PATH]
+        [--clip run|open_clip:MODEL --clip-weights FILE]
 
 Writes ``runs/NAME/eval/report.json``, ``report.md`` and PNG plots (see :mod:`.report`). Problems
 the user can fix (no such run, a stage not trained, a missing weights file, bad data) print one
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..cli_types import non_negative_float, positive_int
-from ..errors import UsageError
+from ..run import UsageError, add_reranker_arguments
 from .data import EVAL_SPLITS
 from .pipeline import EvalOptions, evaluate
 from .report import REPORT_JSON, write_report
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="images per batch when sampling and measuring")
     parser.add_argument("--inception-weights", help="a local pt_inception weights file (pytorch-fid's "
                                                     "pt_inception-2015-12-05-6726825d.pth) for Inception FID")
+    add_reranker_arguments(parser, "the run's config: clip.reranker")
     return parser
 
 
@@ -58,7 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     options = EvalOptions(data=args.data, images=args.images, split=args.split, num_prompts=args.num_prompts,
                           samples_per_prompt=args.samples_per_prompt, seed=args.seed, temperature=args.temperature,
-                          top_k=args.top_k, batch_size=args.batch_size, inception_weights=args.inception_weights)
+                          top_k=args.top_k, batch_size=args.batch_size, inception_weights=args.inception_weights,
+                          clip=args.clip, clip_weights=args.clip_weights)
     try:
         report, samples, real = evaluate(args.run, options)
     except UsageError as e:

@@ -21,7 +21,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..clip import CLIP
 from ..config import with_dataset
 from ..image_tokens import encode_split
 from ..run import UsageError, autocast
@@ -35,7 +34,6 @@ from .metrics import (
     ATTRIBUTE_FIELDS,
     attribute_accuracy,
     attribute_hits,
-    clip_score,
     frechet_distance_of_features,
     rerank_counts,
     rerank_curve,
@@ -50,7 +48,8 @@ SEED_STREAM = 0xE7A1  # tells the evaluation's sampling seeds apart from other s
 class EvalOptions:
     """The settings of one evaluation (the command line's flags). ``samples_per_prompt`` None:
     the run's ``clip.candidates``; ``top_k`` None: the dalle stage's sample-grid setting (the top
-    quarter of the image codes)."""
+    quarter of the image codes); ``clip``, ``clip_weights`` None: the run's reranker
+    (``clip.reranker`` of its config), else as :meth:`~dalle_fast.text_to_image.TextToImage.from_run`."""
 
     data: str | None = None
     images: str | None = None
@@ -62,6 +61,8 @@ class EvalOptions:
     top_k: int | None = None
     batch_size: int = 64
     inception_weights: str | None = None
+    clip: str | None = None
+    clip_weights: str | None = None
 
 
 class Samples(NamedTuple):
@@ -72,13 +73,15 @@ class Samples(NamedTuple):
     scores: torch.Tensor
 
 
-def load_run(run_dir: Path) -> TextToImage:
+def load_run(run_dir: Path, clip: str | None = None, clip_weights: str | None = None) -> TextToImage:
     """The trained stages of the run in ``run_dir`` (:class:`~dalle_fast.generate.TextToImage`, on
-    the GPU if there is one); ``UsageError`` saying what to train when a stage is missing."""
-    pipeline = TextToImage.from_run(run_dir)
-    if pipeline.clip is None:
+    the GPU if there is one) with the reranker ``clip`` (None: the run's); ``UsageError`` saying
+    what to train when a stage is missing."""
+    pipeline = TextToImage.from_run(run_dir, clip=clip, clip_weights=clip_weights)
+    if pipeline.reranker is None:
         raise UsageError(f"--run {run_dir}: no checkpoint of stage clip, which scores and reranks the samples; "
-                         f"train it first (python -m dalle_fast.train --stage clip --out {run_dir})")
+                         f"train it first (python -m dalle_fast.train --stage clip --out {run_dir}), or rerank "
+                         "with a pretrained CLIP (--clip open_clip:MODEL --clip-weights FILE)")
     return pipeline
 
 
@@ -114,12 +117,6 @@ def best_and_first(samples: Samples) -> tuple[torch.Tensor, torch.Tensor]:
     """The first sample of each prompt and its CLIP-best sample: two (P, 3, H, W) tensors."""
     rows = torch.arange(len(samples.images))
     return samples.images[:, 0], samples.images[rows, reranked(samples.scores, samples.scores.shape[1])]
-
-
-@torch.no_grad()
-def clip_features(clip: CLIP, images: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
-    """CLIP image embeddings (N, E) float32 on the CPU of ``images`` (N, 3, S, S)."""
-    return torch.cat([clip.encode_image(chunk.to(device)).float().cpu() for chunk in images.split(batch_size)])
 
 
 def fid_scores(real: torch.Tensor, first: torch.Tensor, best: torch.Tensor,
@@ -167,7 +164,7 @@ def evaluate(run_dir: Path, options: EvalOptions) -> tuple[dict[str, Any], Sampl
     raise ``UsageError``."""
     started = time.perf_counter()
     inception = load_inception(options.inception_weights) if options.inception_weights is not None else None
-    pipeline = load_run(run_dir)
+    pipeline = load_run(run_dir, options.clip, options.clip_weights)
     config = pipeline.config if options.data is None else with_dataset(pipeline.config, options.data)
     device = pipeline.device
     samples_per_prompt = options.samples_per_prompt or config.clip.candidates
@@ -183,11 +180,10 @@ def evaluate(run_dir: Path, options: EvalOptions) -> tuple[dict[str, Any], Sampl
     samples = generate(pipeline, prompts.captions, samples_per_prompt, options, top_k)
     real = torch.stack([data.dataset[i][0] for i in prompts.indices])
     first, best = best_and_first(samples)
-    tokens = pipeline.tokenizer.encode(prompts.captions).to(device)
+    reranker = pipeline.reranker
     with precision:
-        real_scores = clip_score(pipeline.clip, tokens, real.to(device)).cpu()
-    fid_clip = fid_scores(real, first, best, partial(clip_features, pipeline.clip, batch_size=options.batch_size,
-                                                     device=device))
+        real_scores = reranker.score(prompts.captions, real)
+    fid_clip = fid_scores(real, first, best, partial(reranker.features, batch_size=options.batch_size))
     fid_inception = {"first": None, "reranked": None}
     if inception is not None:
         fid_inception = fid_scores(real, first, best, partial(inception_features, inception.to(device),
@@ -198,7 +194,8 @@ def evaluate(run_dir: Path, options: EvalOptions) -> tuple[dict[str, Any], Sampl
         "data": data.description,
         "settings": {"seed": options.seed, "num_prompts": len(prompts.indices),
                      "samples_per_prompt": samples_per_prompt, "temperature": options.temperature, "top_k": top_k,
-                     "inception_weights": options.inception_weights, "device": device.type},
+                     "inception_weights": options.inception_weights, "device": device.type,
+                     "reranker": reranker.name},
         "vae": {"psnr": vae_metrics["psnr"], "codes_used": vae_metrics["codes_used"],
                 "perplexity": vae_metrics["perplexity"],
                 "attribute_agreement": vae_metrics.get("attribute_agreement"),

@@ -9,13 +9,15 @@ value that does not apply is ``null``. Shares are in [0, 1]; losses in nats unle
   data path), ``split`` (``"val"`` or ``"test"``), ``data`` (a line: what the split holds and,
   for user data, the filter counts), ``seconds`` (wall time of the evaluation).
 - ``settings``: ``seed``, ``num_prompts`` (prompts used), ``samples_per_prompt``,
-  ``temperature``, ``top_k``, ``inception_weights`` (path or null), ``device``.
+  ``temperature``, ``top_k``, ``inception_weights`` (path or null), ``device``, ``reranker`` (the
+  CLIP of the scores, reranking and CLIP features: ``"run"``, the run's own, or
+  ``"open_clip:MODEL"``).
 - ``vae`` (every image of the split through tokens and back): ``psnr`` (dB), ``codes_used``
   (share of the codebook), ``perplexity``, ``attribute_agreement`` (shapes data; else null),
   ``attribute_agreement_heldout`` (the same over the images of held-out pairs; null without any).
 - ``transformer`` (the split's first captions and dVAE tokens): ``text_loss``, ``image_loss``,
   ``image_bits_per_token`` (= image_loss / ln 2).
-- ``clip_score`` (mean cosine similarity with the prompt under the run's CLIP): ``first`` (each
+- ``clip_score`` (mean cosine similarity with the prompt under the ``reranker``): ``first`` (each
   prompt's first sample), ``reranked`` (its CLIP-best sample), ``real`` (its real image).
 - ``fid``: ``clip`` and ``inception``, each ``{"first", "reranked"}``: Fréchet distance between
   the first / CLIP-best samples and the prompts' real images, on CLIP image embeddings and on
@@ -58,7 +60,8 @@ LABELS = {"held_in": "held-in", "held_out": "held-out", ALL: "all prompts"}
 KEYS = ("format", "run", "preset", "dataset", "split", "data", "settings", "vae", "transformer", "clip_score",
         "fid", "attributes", "rerank_curve", "prompts", "plots", "seconds")
 SECTION_KEYS = {
-    "settings": ("seed", "num_prompts", "samples_per_prompt", "temperature", "top_k", "inception_weights", "device"),
+    "settings": ("seed", "num_prompts", "samples_per_prompt", "temperature", "top_k", "inception_weights", "device",
+                 "reranker"),
     "vae": ("psnr", "codes_used", "perplexity", "attribute_agreement", "attribute_agreement_heldout"),
     "transformer": ("text_loss", "image_loss", "image_bits_per_token"),
     "clip_score": ("first", "reranked", "real"),
@@ -122,7 +125,9 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# Evaluation of `{report['run']}` ({report['preset']} preset)", "",
         (f"Data: {report['data']}. {s['num_prompts']} prompts x {s['samples_per_prompt']} samples (temperature "
-         f"{s['temperature']}, top-k {s['top_k']}, seed {s['seed']}, {s['device']}); {report['seconds']:.1f} s."), "",
+         f"{s['temperature']}, top-k {s['top_k']}, seed {s['seed']}, {s['device']}), reranked by "
+         f"{'the run' + chr(39) + 's CLIP' if s['reranker'] == 'run' else s['reranker']}; "
+         f"{report['seconds']:.1f} s."), "",
         "| model | metric | value |", "|---|---|---|",
         f"| dVAE | PSNR (dB) | {_number(vae['psnr'], 2)} |",
         f"| dVAE | codebook used | {_share(vae['codes_used'])} (perplexity {_number(vae['perplexity'], 1)}) |",

@@ -2,11 +2,13 @@
 
     python -m dalle_fast.generate --run runs/NAME --prompt "a small red circle in the top left"
         [--num 16] [--keep 4] [--out out.png] [--temperature 1.0] [--top-k K] [--seed 0]
-        [--prime IMAGE --prime-rows R] [--batch-size 64]
+        [--prime IMAGE --prime-rows R] [--batch-size 64] [--clip run|open_clip:MODEL --clip-weights FILE]
 
 Samples ``--num`` images (a progress bar per batch), decodes them with the run's dVAE, reranks
 them by CLIP score and writes the best ``--keep`` as a PNG grid, best first, under the prompt;
-prints their scores. A run without a clip checkpoint keeps the first ``--keep``, with a warning.
+prints their scores. The CLIP is the run's (its clip stage, or the open_clip model its config
+names), or the ``--clip`` open_clip model with the weights file ``--clip-weights``. A run
+without a clip checkpoint or other reranker keeps the first ``--keep``, with a warning.
 Problems the user can fix (no such run, a stage not trained, a bad --prime) print one line and
 exit with status 2, as argparse does.
 """
@@ -23,7 +25,7 @@ from ..atomic import write_atomic
 from ..cli_types import positive_int
 from ..data.images import load_image
 from ..grid import prompt_grid
-from ..run import UsageError
+from ..run import UsageError, add_reranker_arguments
 from ..sampling import check_sampling, default_top_k
 from ..text_to_image import TextToImage
 
@@ -45,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prime", type=Path, help="an image whose top --prime-rows token rows every sample keeps")
     parser.add_argument("--prime-rows", type=int, help="token rows of --prime to keep (1 .. the token grid side)")
     parser.add_argument("--batch-size", type=positive_int, default=64, help="images sampled at once (default: 64)")
+    add_reranker_arguments(parser, "the run's config: clip.reranker")
     return parser
 
 
@@ -55,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         check_arguments(args)
-        pipeline = TextToImage.from_run(args.run)
+        pipeline = TextToImage.from_run(args.run, clip=args.clip, clip_weights=args.clip_weights)
         top_k = args.top_k if args.top_k is not None else default_top_k(pipeline.config)
         result = pipeline.generate(args.prompt, args.num, args.keep, temperature=args.temperature, top_k=top_k,
                                    seed=args.seed, prime_image=prime_image(args, pipeline),
