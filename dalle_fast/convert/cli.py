@@ -40,7 +40,9 @@ VAE_STEP = 0  # the converted checkpoint's step: no optimizer step of ours
 def build_parser() -> argparse.ArgumentParser:
     """The command line parser (see the module doc)."""
     parser = argparse.ArgumentParser(prog="python -m dalle_fast.convert",
-                                     description="Convert weights trained elsewhere into a run directory.")
+                                     description="Convert weights trained elsewhere into a run directory. "
+                                                 "Pickled modules run code from their file when loaded: convert "
+                                                 "only files you trust.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="openai-dvae")
     openai = commands.add_parser(
         "openai-dvae", help="OpenAI's released dVAE (encoder.pkl, decoder.pkl) as a run's vae stage",
