@@ -56,6 +56,7 @@ class Sizes:
 DVAE = Sizes(batch=8, grid=32, codes=8192, dims=(128, 256), lookup_dim=256, nearest_rows=65536, nearest_dim=256)
 CPU_SIZES = Sizes(batch=2, grid=16, codes=1024, dims=(64,), lookup_dim=64, nearest_rows=4096, nearest_dim=64)
 SIZES = DVAE if ON_GPU else CPU_SIZES
+TINY_SIZES = Sizes(batch=1, grid=4, codes=32, dims=(16,), lookup_dim=16, nearest_rows=64, nearest_dim=16)  # rehearsal
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,7 @@ class AttentionSizes:
 
 PAPER_ATTENTION = AttentionSizes(batch=8, heads=16, text_len=256, image_size=32, head_dim=64)
 CPU_ATTENTION = AttentionSizes(batch=2, heads=2, text_len=16, image_size=8, head_dim=32)
+TINY_ATTENTION = AttentionSizes(batch=1, heads=1, text_len=4, image_size=4, head_dim=16)
 ATTENTION_SIZES = PAPER_ATTENTION if ON_GPU else CPU_ATTENTION
 ATTENTION_KINDS = ("full", "row", "column", "conv")
 
@@ -100,6 +102,7 @@ class HeadSizes:
 
 GPU_HEAD = HeadSizes(batch=32, text_len=256, text_vocab=16384 + 256, image_tokens=1024, codes=8192, width=512)
 CPU_HEAD = HeadSizes(batch=2, text_len=16, text_vocab=512 + 16, image_tokens=64, codes=512, width=64)
+TINY_HEAD = HeadSizes(batch=1, text_len=4, text_vocab=32 + 4, image_tokens=16, codes=32, width=16)
 HEAD_SIZES = GPU_HEAD if ON_GPU else CPU_HEAD
 PLAIN_CE = "matmul+F.cross_entropy"
 
@@ -358,6 +361,26 @@ def all_cases(s: Sizes = SIZES, a: AttentionSizes = ATTENTION_SIZES, h: HeadSize
     return (gumbel_softmax_cases(s) + gumbel_softmax_codebook_cases(s) + codebook_lookup_cases(s)
             + nearest_codebook_cases(s) + sparse_attention_cases(a) + sparse_attention_decode_cases(a)
             + fused_linear_cross_entropy_cases(h))
+
+
+# The headline of each op: its main (first) case in this mode against its strongest peer.
+HEADLINE = {
+    "gumbel_softmax": ("torch.compile", True),
+    "gumbel_softmax_codebook": ("gumbel_softmax+matmul", True),
+    "codebook_lookup": ("F.embedding", True),
+    "nearest_codebook": ("cdist+argmin", False),
+    "sparse_attention": ("FlexAttention compiled", True),
+    "sparse_attention_decode": ("SDPA over the full cache", False),
+    "fused_linear_cross_entropy": (PLAIN_CE, True),
+}
+HEADLINE_CASES = {"sparse_attention": "row"}  # the first case is "full", which has no FlexAttention peer
+
+
+def is_headline(run: Run, case_list: list[Case]) -> bool:
+    """Whether ``run`` is one of its op's headline pair (dalle_kernels or the strongest peer, main case, mode)."""
+    peer, backward = HEADLINE[run.case.op]
+    main = HEADLINE_CASES.get(run.case.op) or next(c.name for c in case_list if c.op == run.case.op)
+    return run.case.name == main and run.backward == backward and run.contender.name in (OURS, peer)
 
 
 def runs(case_list: list[Case], on_gpu: bool = ON_GPU) -> list[Run]:
