@@ -19,14 +19,11 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
 from ..atomic import write_atomic
 from ..cli_types import positive_int
-from ..data.images import load_image
+from ..generation_request import GenerationRequest
 from ..grid import prompt_grid
 from ..run import UsageError, add_reranker_arguments
-from ..sampling import check_sampling, default_top_k
 from ..text_to_image import TextToImage
 
 
@@ -56,13 +53,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     Usage errors exit with status 2 and a one-line message, as argparse does."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    request = GenerationRequest(args.prompt, args.num, args.keep, args.temperature, args.top_k, args.seed,
+                                args.prime, args.prime_rows, args.batch_size)
     try:
-        check_arguments(args)
+        request.check()
         pipeline = TextToImage.from_run(args.run, clip=args.clip, clip_weights=args.clip_weights)
-        top_k = args.top_k if args.top_k is not None else default_top_k(pipeline.config)
-        result = pipeline.generate(args.prompt, args.num, args.keep, temperature=args.temperature, top_k=top_k,
-                                   seed=args.seed, prime_image=prime_image(args, pipeline),
-                                   prime_rows=args.prime_rows or 0, batch_size=args.batch_size, progress=True)
+        result = request.run(pipeline, progress=True)
     except UsageError as e:
         parser.error(str(e))
     picture = prompt_grid(result.images, args.prompt)
@@ -74,31 +70,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"CLIP scores of the kept images, best first: {ranked}")
     print(f"wrote {args.out} ({args.keep} of {args.num} samples for {args.prompt!r})")
     return 0
-
-
-def check_arguments(args: argparse.Namespace) -> None:
-    """``UsageError`` for arguments that are wrong whatever the run."""
-    try:
-        check_sampling(args.temperature, args.top_k)
-    except ValueError as e:
-        raise UsageError(f"--{str(e).replace('_', '-')}") from None
-    if args.keep > args.num:
-        raise UsageError(f"--keep {args.keep}: cannot keep more images than --num {args.num}")
-    if (args.prime is None) != (args.prime_rows is None):
-        raise UsageError("--prime and --prime-rows go together: the image and how many of its token rows to keep")
-    if args.prime is not None and not args.prime.is_file():
-        raise UsageError(f"--prime: no such image file: {args.prime}")
-
-
-def prime_image(args: argparse.Namespace, pipeline: TextToImage) -> torch.Tensor | None:
-    """The --prime image (3, S, S) at the run's image size, after checking --prime-rows against its token grid."""
-    if args.prime is None:
-        return None
-    grid = pipeline.config.grid_size
-    if not 1 <= args.prime_rows <= grid:
-        raise UsageError(f"--prime-rows {args.prime_rows}: must lie in [1, {grid}] (the run's images are "
-                         f"{grid} token rows high)")
-    try:
-        return load_image(args.prime, pipeline.image_size)
-    except Exception as e:  # noqa: BLE001 - PIL raises OSError and others for files it cannot decode
-        raise UsageError(f"--prime {args.prime}: cannot read it as an image ({e})") from None
