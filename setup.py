@@ -33,5 +33,13 @@ setup(
         # --clip open_clip:MODEL; install with the installed torch pinned so that pip picks its torchvision:
         # pip install -e ".[open_clip]" "torch==$(python -c 'import torch; print(torch.__version__)')"
         "open_clip": ["open-clip-torch"],
+        # python -m dalle_fast.serve (the web page); its tests drive the page through selenium and Debian's
+        # chromium + chromium-driver (apt), and call the server with gradio_client.
+        "serve": ["gradio", "gradio_client"],
+        "serve-test": ["gradio", "gradio_client", "selenium"],
+        # --data 'shards/{00000..00099}.tar': WebDataset tar shards, as img2dataset writes them.
+        "shards": ["webdataset"],
+        # every stage's scalars and sample grids under RUN/tb/ (metrics.jsonl stays the record).
+        "tensorboard": ["tensorboard"],
     },
 )

@@ -30,6 +30,16 @@ if ! $PY -c "import importlib.util as u, sys; sys.exit(u.find_spec('open_clip') 
   $PY -m pip install -q open-clip-torch "torch==$($PY -c 'import torch; print(torch.__version__)')"
 fi
 
+# Optional extras with tests of their own: the web page (gradio; its browser test drives Debian's chromium
+# through selenium), WebDataset tar shards, TensorBoard.
+if ! $PY -c "import gradio, gradio_client, selenium, webdataset, tensorboard" 2>/dev/null; then
+  $PY -m pip install -q -e ".[serve-test,shards,tensorboard]" "torch==$($PY -c 'import torch; print(torch.__version__)')"
+fi
+if { ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; } \
+    && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
+
 echo "== lint (ruff: pyflakes, pycodestyle, import order; pyproject.toml)"
 $PY -m ruff check .
 
@@ -42,5 +52,7 @@ else
 fi
 echo "== other tests"
 $PY -m pytest -q tests --ignore=tests/kernels
+echo "== the GPU report rehearsed on the CPU (every case and contender at tiny shapes, no timings)"
+$PY benchmarks/report.py --rehearse
 echo "== benchmarks (smoke: each once, no timing)"
 $PY -m pytest -q benchmarks --benchmark-disable
