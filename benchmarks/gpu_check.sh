@@ -26,12 +26,12 @@ status=0
 printf '# gpu_check\n\n| step | exit | seconds |\n|---|---:|---:|\n' > "$SUMMARY"
 : > "$LOG"
 
-# step NAME CAP RESERVE COMMAND...: run COMMAND with a timeout of CAP seconds, or less so that RESERVE
-# seconds of the budget are left for the steps after it; its output goes to the screen and the log.
+# step NAME CAP COMMAND...: run COMMAND with a timeout of CAP seconds, or of what is left of the budget if
+# that is less (so the steps first in line get their time); its output goes to the screen and the log.
 step() {
-  local name=$1 cap=$2 reserve=$3 start=$SECONDS rc limit
-  shift 3
-  limit=$((BUDGET - SECONDS - reserve))
+  local name=$1 cap=$2 start=$SECONDS rc limit
+  shift 2
+  limit=$((BUDGET - SECONDS))
   [ "$limit" -gt "$cap" ] && limit=$cap
   if [ "$limit" -lt 10 ]; then
     echo "== $name: skipped, no time left in the ${BUDGET}s budget" | tee -a "$LOG"
@@ -47,16 +47,16 @@ step() {
   [ "$rc" -eq 0 ] || status=1
 }
 
-step install 60 400 "$PY" -m pip install -q --no-deps --no-build-isolation -e .
+step install 60 "$PY" -m pip install -q --no-deps --no-build-isolation -e .
 { nvidia-smi || echo "nvidia-smi: not available"; } 2>&1 | tee -a "$LOG"
 "$PY" -c "import torch, triton; print('torch', torch.__version__, 'CUDA', torch.version.cuda, 'triton', \
 triton.__version__, '|', torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA device')" \
   2>&1 | tee -a "$LOG"
-step report-headline 150 240 "$PY" benchmarks/report.py --part headline --out "$RESULTS"
-step report-rest 180 120 "$PY" benchmarks/report.py --part rest --out "$RESULTS"
-step train-throughput 60 60 "$PY" benchmarks/train_throughput.py --out "$RESULTS"
+step report-headline 150 "$PY" benchmarks/report.py --part headline --out "$RESULTS"
+step report-rest 150 "$PY" benchmarks/report.py --part rest --out "$RESULTS"
+step train-throughput 60 "$PY" benchmarks/train_throughput.py --out "$RESULTS"
 # the compile check (every variant for sm_90 and sm_80) runs in CI; here the kernels compile natively as they run
-step kernel-tests 240 0 env DALLE_KERNELS_BACKEND=triton "$PY" -m pytest -q tests/kernels -x \
+step kernel-tests 240 env DALLE_KERNELS_BACKEND=triton "$PY" -m pytest -q tests/kernels -x \
   --deselect tests/kernels/test_compile.py::test_every_kernel_variant_compiles_for_hopper_and_ampere
 echo "== gpu_check: $([ $status -eq 0 ] && echo OK || echo FAILED) after ${SECONDS}s" | tee -a "$LOG"
 echo "| total | $status | $SECONDS |" >> "$SUMMARY"
