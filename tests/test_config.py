@@ -146,6 +146,8 @@ def test_grid_must_divide_image_size_by_a_power_of_two():
     ("transformer", "dropout", float("nan")),
     ("clip", "width", 33),
     ("train", "precision", "fp16"),
+    ("train", "parallel", "deepspeed"),
+    ("train", "activation_checkpointing", 1),
     ("data", "holdout", [("red", "circle", "x")]),
     ("data", "holdout", [("mauve", "circle")]),
     ("data", "val_size", 0),
@@ -154,6 +156,38 @@ def test_bad_field_raises_naming_it(section, field, value):
     sub = getattr(preset("tiny"), section)
     with pytest.raises(ValueError, match=rf"{type(sub).__name__}\.{field}"):
         dataclasses.replace(sub, **{field: value})
+
+
+@pytest.mark.parametrize("accumulation", [0, -2, 2.0, True])
+def test_accumulation_must_be_a_positive_int(accumulation):
+    with pytest.raises(ValueError, match=r"OptimConfig\.accumulation"):
+        OptimConfig(steps=1, batch_size=8, lr=1e-3, accumulation=accumulation)
+
+
+def test_the_batch_splits_into_accumulation_x_processes_micro_batches():
+    optim = OptimConfig(steps=1, batch_size=24, lr=1e-3, accumulation=3)
+    assert [optim.micro_batch(p) for p in (1, 2, 4, 8)] == [8, 4, 2, 1]
+    for processes in (3, 16):
+        with pytest.raises(ValueError, match=rf"OptimConfig\.batch_size: .*accumulation x processes = 3 x "
+                                             rf"{processes} = {3 * processes}.*optim\.batch_size or "
+                                             r"optim\.accumulation"):
+            optim.micro_batch(processes)
+    with pytest.raises(ValueError, match="processes: must be >= 1"):
+        optim.micro_batch(0)
+    with pytest.raises(ValueError, match=r"OptimConfig\.batch_size: .*accumulation x processes = 5 x 1"):
+        OptimConfig(steps=1, batch_size=24, lr=1e-3, accumulation=5)
+
+
+def test_parallel_checkpointing_and_accumulation_load_from_json(tmp_path):
+    data = preset("tiny").to_dict()
+    data["train"].update(parallel="fsdp", activation_checkpointing=True)
+    data["transformer"]["optim"]["accumulation"] = 2
+    config = Config.load(_write(tmp_path, data))
+    assert (config.train.parallel, config.train.activation_checkpointing) == ("fsdp", True)
+    assert config.transformer.optim.accumulation == 2 and config.vae.optim.accumulation == 1
+    data["transformer"]["optim"]["accumulation"] = 7
+    with pytest.raises(ValueError, match=r"transformer\.optim.*OptimConfig\.batch_size.*accumulation"):
+        Config.load(_write(tmp_path, data))
 
 
 def test_cross_section_check_names_the_field():
@@ -183,7 +217,9 @@ def test_sections_are_frozen():
 
 def test_optim_and_data_defaults():
     optim = OptimConfig(steps=10, batch_size=2, lr=1e-3)
-    assert (optim.lr_min, optim.grad_clip, optim.ema_decay) == (0.0, 0.0, 0.0)
+    assert (optim.lr_min, optim.grad_clip, optim.ema_decay, optim.accumulation) == (0.0, 0.0, 0.0, 1)
+    train = preset("tiny").train
+    assert (train.parallel, train.activation_checkpointing) == ("ddp", False)
     data = DataConfig()
     assert [data.split_size(s) for s in ("train", "val", "test")] == [50_000, 1_000, 1_000]
     with pytest.raises(ValueError, match="split must be one of"):

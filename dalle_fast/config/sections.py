@@ -37,11 +37,14 @@ class OptimConfig(Section):
     eps: float = 1e-8
     grad_clip: float = 0.0  # max global gradient norm; 0 disables clipping
     ema_decay: float = 0.0  # decay of an exponential moving average of the weights; 0 disables it
+    accumulation: int = 1  # micro-batches per step: batch_size = micro-batch x accumulation x processes
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self._require("steps", self.steps >= 1, ">= 1")
         self._require("batch_size", self.batch_size >= 1, ">= 1")
+        self._require("accumulation", self.accumulation >= 1, ">= 1")
+        self.micro_batch(1)
         self._require("lr", self.lr > 0, "> 0")
         self._require("lr_min", 0 <= self.lr_min <= self.lr, "in [0, lr]")
         self._require("warmup_fraction", 0 <= self.warmup_fraction <= 1, "in [0, 1]")
@@ -51,6 +54,19 @@ class OptimConfig(Section):
         self._require("eps", self.eps > 0, "> 0")
         self._require("grad_clip", self.grad_clip >= 0, ">= 0 (0 disables clipping)")
         self._require("ema_decay", 0 <= self.ema_decay < 1, "in [0, 1) (0 disables the EMA)")
+
+    def micro_batch(self, processes: int) -> int:
+        """Samples per forward of each of ``processes`` processes:
+        ``batch_size // (accumulation * processes)``; ``ValueError`` naming both fields unless it divides."""
+        if processes < 1:
+            raise ValueError(f"processes: must be >= 1, got {processes!r}")
+        share = self.accumulation * processes
+        if self.batch_size % share:
+            self._fail("batch_size", f"must be a multiple of accumulation x processes = {self.accumulation} x "
+                                     f"{processes} = {share} (the global batch is micro-batch x accumulation x "
+                                     f"processes), got batch_size {self.batch_size}; change optim.batch_size or "
+                                     "optim.accumulation")
+        return self.batch_size // share
 
 
 @dataclass(frozen=True)
@@ -280,7 +296,10 @@ class CLIPConfig(Section):
 @dataclass(frozen=True)
 class TrainConfig(Section):
     """Settings shared by all training stages. ``precision``: ``"auto"`` is bf16 autocast on a GPU
-    and fp32 on the CPU. ``*_every`` count optimizer steps."""
+    and fp32 on the CPU. ``*_every`` count optimizer steps. ``parallel``: how the processes of one
+    torchrun share a model: ``"ddp"`` replicates it, ``"fsdp"`` shards it (FSDP2, one unit per
+    transformer block and per dVAE group). ``activation_checkpointing``: each block's activations
+    are recomputed in the backward instead of kept (less memory, one more forward)."""
 
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16"] = "auto"
@@ -288,6 +307,8 @@ class TrainConfig(Section):
     eval_every: int = 500
     checkpoint_every: int = 500
     num_workers: int = 0
+    parallel: Literal["ddp", "fsdp"] = "ddp"
+    activation_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
