@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import operator
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -35,6 +35,49 @@ class ImageRecord:
 def clean_captions(lines: Iterable[str]) -> list[str]:
     """Captions with runs of whitespace collapsed to one space; blank ones dropped."""
     return [caption for caption in (" ".join(line.split()) for line in lines) if caption]
+
+
+def screen(report: FilterReport, captions: Sequence[str] | None,
+           probe: Callable[[], tuple[int, int]]) -> tuple[tuple[int, int], tuple[str, ...]] | None:
+    """The paper's filters (``report.filters``) on one candidate image with ``captions`` (None or
+    empty: it has none), counted in ``report``: ((width, height), the kept captions), or None when
+    it is dropped. ``probe()`` gives the image's (width, height) from its header and raises for an
+    image it cannot read; it is called only for an image with captions."""
+    filters = report.filters
+    report.images_found += 1
+    if not captions:
+        report.missing_captions += 1
+        return None
+    try:
+        size = probe()
+    except Exception:  # noqa: BLE001 - PIL raises many kinds of errors on bad files
+        report.unreadable += 1
+        return None
+    if not filters.keeps_aspect(*size):
+        report.bad_aspect += 1
+        return None
+    kept = []
+    for caption in captions:
+        report.captions_checked += 1
+        reason = filters.caption_rejection(caption)
+        if reason is None:
+            kept.append(caption)
+        else:
+            setattr(report, reason, getattr(report, reason) + 1)
+    if not kept:
+        report.no_caption_left += 1
+        return None
+    report.images_kept += 1
+    report.captions_kept += len(kept)
+    return size, tuple(kept)
+
+
+def drawn_caption(captions: Sequence[str], seed: int, epoch: int, item: int | str) -> str:
+    """The one of ``captions`` that ``item`` (an index, or any stable name) gets in ``epoch``: drawn
+    by a stable hash of (seed, epoch, item), the same in every process and on every machine."""
+    key = f"dalle_fast.captions/{seed}/{epoch}/{item}".encode()
+    h = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
+    return captions[h % len(captions)]
 
 
 class CaptionedImages(Dataset):
@@ -64,33 +107,8 @@ class CaptionedImages(Dataset):
 
     def _check(self, path: Path, captions: Sequence[str] | None) -> ImageRecord | None:
         """The record of a candidate, or None (counted in the report) if it is dropped."""
-        report, filters = self.report, self.report.filters
-        report.images_found += 1
-        if not captions:
-            report.missing_captions += 1
-            return None
-        try:
-            size = probe_image(path)
-        except Exception:  # noqa: BLE001 - PIL raises many kinds of errors on bad files
-            report.unreadable += 1
-            return None
-        if not filters.keeps_aspect(*size):
-            report.bad_aspect += 1
-            return None
-        kept = []
-        for caption in captions:
-            report.captions_checked += 1
-            reason = filters.caption_rejection(caption)
-            if reason is None:
-                kept.append(caption)
-            else:
-                setattr(report, reason, getattr(report, reason) + 1)
-        if not kept:
-            report.no_caption_left += 1
-            return None
-        report.images_kept += 1
-        report.captions_kept += len(kept)
-        return ImageRecord(path, size, tuple(kept))
+        screened = screen(self.report, captions, lambda: probe_image(path))
+        return None if screened is None else ImageRecord(path, *screened)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -105,10 +123,7 @@ class CaptionedImages(Dataset):
 
     def caption(self, i: int) -> str:
         """The caption item ``i`` gets in the current epoch."""
-        captions = self.records[i].captions
-        key = f"dalle_fast.captions/{self.seed}/{self.epoch}/{i % len(self)}".encode()
-        h = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
-        return captions[h % len(captions)]
+        return drawn_caption(self.records[i].captions, self.seed, self.epoch, i % len(self))
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
         i = operator.index(i)

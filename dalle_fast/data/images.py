@@ -9,6 +9,7 @@ centre square kept (one PIL resize of the centre box, the same as resizing then 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -30,10 +31,10 @@ def check_image_size(image_size: int) -> int:
     return check_int("image_size", image_size, 1)
 
 
-def probe_image(path: Path) -> tuple[int, int]:
-    """(width, height) from the header of the image at ``path``, after PIL's ``verify()`` (which
-    checks PNG chunk checksums; other formats only get their header parsed). Pixels are not
-    decoded. Raises what PIL raises (``OSError`` and others) for a file it cannot read."""
+def probe_image(path: Path | BinaryIO) -> tuple[int, int]:
+    """(width, height) from the header of the image at ``path`` (a file or an open binary stream),
+    after PIL's ``verify()`` (which checks PNG chunk checksums; other formats only get their header
+    parsed). Pixels are not decoded. Raises what PIL raises (``OSError`` and others) for a file it cannot read."""
     with Image.open(path) as image:
         size = image.size
         image.verify()
@@ -49,10 +50,10 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_image(path: Path, image_size: int) -> torch.Tensor:
-    """The image at ``path`` as a float32 tensor (3, image_size, image_size) in [0, 1]: shorter
-    side resized to ``image_size``, centre square kept. Raises what PIL raises for a file it
-    cannot decode (``OSError`` for a truncated one, and others)."""
+def load_image(path: Path | BinaryIO, image_size: int) -> torch.Tensor:
+    """The image at ``path`` (a file or an open binary stream) as a float32 tensor (3, image_size,
+    image_size) in [0, 1]: shorter side resized to ``image_size``, centre square kept. Raises what
+    PIL raises for a file it cannot decode (``OSError`` for a truncated one, and others)."""
     with Image.open(path) as image:
         image.draft("RGB", (image_size, image_size))  # JPEG: decode at a reduced scale, still >= image_size
         image = _to_rgb(ImageOps.exif_transpose(image))

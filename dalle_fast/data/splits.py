@@ -1,5 +1,6 @@
 """The splits of the dataset a run's config names (train and val; evaluation reads val too) and
-their captions, read without loading images."""
+their captions, read without loading images. Tar shards (:mod:`.shards`) give a streamed train
+split (a :class:`~.shards.ShardStream`) and an in-memory val split."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -11,18 +12,21 @@ from torch.utils.data import Dataset, Subset
 
 from ..config import Config
 from ..errors import UsageError
-from .filters import FilterReport
+from .filters import DataFilters, FilterReport
 from .shapes import ShapesDataset
 from .shapes_spec import Attributes
+from .shards import ShardStream, is_shard_pattern, load_shards
 
 USER_VAL_FRACTION = 0.1  # at most this share of user data is held out for validation
+STREAM_CAPTIONS = 100_000  # the captions of a shard stream are those of its first usable samples
 
 
 class TrainData(NamedTuple):
-    """The splits of a run. ``val_attributes``: the attributes of every val sample (shapes data
-    only, for attribute agreement), else None. ``report``: the filter counts (user data only)."""
+    """The splits of a run. ``train``: a dataset, or the stream of tar shards. ``val_attributes``:
+    the attributes of every val sample (shapes data only, for attribute agreement), else None.
+    ``report``: the filter counts (user data only; for shards, of reading the val split)."""
 
-    train: Dataset
+    train: Dataset | ShardStream
     val: Dataset
     val_attributes: list[Attributes] | None
     report: FilterReport | None
@@ -30,14 +34,22 @@ class TrainData(NamedTuple):
 
 def load_data(config: Config, images: str | None = None) -> TrainData:
     """The splits of ``config.data.dataset``: ``"shapes"`` (built in), a folder of captioned
-    images, or a COCO-style captions JSON (its images under ``images``). User data holds out a
-    seeded random ``min(val_size, 10%)`` of its images as the val split."""
+    images, a COCO-style captions JSON (its images under ``images``) or tar shards (a path or brace
+    pattern ending in ``.tar``, :mod:`.shards`). User data holds out a seeded random ``min(val_size,
+    10%)`` of its images as the val split; shards every tenth of their first samples, up to
+    ``val_size`` usable ones."""
     if config.data.dataset == "shapes":
         if images is not None:
             raise UsageError("--images: only used with a COCO-style captions JSON as --data")
         val = ShapesDataset.from_config(config, "val")
         return TrainData(ShapesDataset.from_config(config, "train"), val, [val.attributes(i) for i in range(len(val))],
                          None)
+    if is_shard_pattern(config.data.dataset):
+        if images is not None:
+            raise UsageError("--images: only used with a COCO-style captions JSON as --data, not tar shards")
+        splits = load_shards(config.data.dataset, config.image_size, config.data.val_size, DataFilters(),
+                             config.train.seed)
+        return TrainData(splits.train, splits.val, None, splits.report)
     dataset = _user_dataset(Path(config.data.dataset), images, config)
     if len(dataset) < 2:
         raise UsageError(f"--data {config.data.dataset}: needs at least 2 usable images, found {len(dataset)} "
@@ -83,7 +95,11 @@ def _build(make: Callable[[], Dataset], path: Path) -> Dataset:
 def item_captions(dataset: Dataset, limit: int | None = None) -> list[tuple[str, ...]]:
     """The captions of each of the first ``limit`` items (all if None) of ``dataset``, read
     through the datasets' ``captions(i)`` accessor without loading an image; ``dataset`` is a
-    :class:`~dalle_fast.data.ShapesDataset`, a captioned user dataset, or a ``Subset`` of one."""
+    :class:`~dalle_fast.data.ShapesDataset`, a captioned user dataset, or a ``Subset`` of one. A
+    shard stream has no end: its first ``limit`` (None: ``STREAM_CAPTIONS``) usable samples' in
+    pattern order, read from the shards (images not decoded)."""
+    if isinstance(dataset, ShardStream):
+        return dataset.first_captions(STREAM_CAPTIONS if limit is None else limit)
     if isinstance(dataset, Subset):
         source, indices = dataset.dataset, list(dataset.indices)
     else:

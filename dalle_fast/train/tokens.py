@@ -7,42 +7,62 @@ it was computed from: a SHA-256 of the dVAE weights used (the EMA's when kept), 
 config, and the split sizes. A resumed run reuses a file whose key matches; a retrained dVAE (or
 other data) changes the key, and the cache is built again. The file is written atomically.
 Under torchrun rank 0 builds it while the other processes wait, then every process reads it.
+
+Tar shards (a :class:`~dalle_fast.data.shards.ShardStream` train split) are streamed through the
+dVAE once, epoch 0 of ``max(1, train.num_workers)`` readers (one per data loader worker), into the
+same cache: the tokens of every usable train sample in the order read, with their kept captions
+(``train_captions``, JSON as UTF-8 bytes), so the transformer then trains on them as on any
+indexed data (exact resume by position). The key adds the size and modification time of every
+shard; the filter counts of the pass are printed and logged as a ``data`` record of the dalle stage
+in ``metrics.jsonl``. The cache holds every image of the set as ``grid_size**2`` tokens (2 KiB an
+image at 32x32 int16): the paper's 250M images would need 500 GB.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
+import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+from tqdm import tqdm
 
 from ..atomic import write_atomic
 from ..config import Config
+from ..data.shards import ShardReport, ShardStream
 from ..data.splits import TrainData, item_captions
 from ..device import barrier, is_main
 from ..dvae import DiscreteVAE
+from ..eval_mode import eval_mode
 from ..image_tokens import encode_split
+from .log import MetricsLog
 
 CACHE_FILE = "dalle_tokens.safetensors"
 FORMAT = "dalle_fast.tokens/1"
 SPLITS = ("train", "val")
+STREAM_CAPTIONS = "train_captions"  # the kept captions of a streamed train split's samples
 
 
 class TokenCache(NamedTuple):
     """The cached tokens of each split ((N, grid_size**2) int16/int32), the cache key, and how
-    the cache was obtained: ``built`` (False: read from the run directory) in ``seconds``."""
+    the cache was obtained: ``built`` (False: read from the run directory) in ``seconds``.
+    ``train_captions``: the kept captions of each train item of a streamed train split (else
+    None: the dataset has them)."""
 
     train: torch.Tensor
     val: torch.Tensor
     key: str
     built: bool
     seconds: float
+    train_captions: list[tuple[str, ...]] | None = None
 
 
 class CaptionedTokens(Dataset):
@@ -65,7 +85,8 @@ class CaptionedTokens(Dataset):
 
 def token_data(data: TrainData, cache: TokenCache) -> TrainData:
     """``data`` with its splits replaced by their :class:`CaptionedTokens` from ``cache``."""
-    return data._replace(train=CaptionedTokens(cache.train, item_captions(data.train)),
+    train = cache.train_captions if cache.train_captions is not None else item_captions(data.train)
+    return data._replace(train=CaptionedTokens(cache.train, train),
                          val=CaptionedTokens(cache.val, item_captions(data.val)))
 
 
@@ -79,24 +100,38 @@ def token_cache(config: Config, run_dir: Path, data: TrainData, vae: DiscreteVAE
     cached = read_cache(run_dir, key)
     built = cached is None
     if built and is_main():
-        cached = {split: encode_split(vae, getattr(data, split), batch_size, precision, config.train.num_workers,
-                                      f"dalle tokens ({split})") for split in SPLITS}
+        workers = config.train.num_workers
+        cached = {"val": encode_split(vae, data.val, batch_size, precision, workers, "dalle tokens (val)")}
+        if isinstance(data.train, ShardStream):
+            cached["train"], captions, report = encode_stream(vae, data.train, config.train.seed, batch_size,
+                                                              precision, workers)
+            cached[STREAM_CAPTIONS] = torch.frombuffer(bytearray(json.dumps(captions).encode()), dtype=torch.uint8)
+            tqdm.write(f"dalle tokens: {report}")
+            MetricsLog(run_dir).append({"stage": "dalle", "split": "data", "step": 0, **report.counts()})
+        else:
+            cached["train"] = encode_split(vae, data.train, batch_size, precision, workers, "dalle tokens (train)")
         write_cache(run_dir, cached, key)
     barrier()
     if cached is None:  # another process built it
         cached = read_cache(run_dir, key)
         if cached is None:
             raise RuntimeError(f"{run_dir / CACHE_FILE}: rank 0 built the token cache, but it does not match here")
-    return TokenCache(cached["train"], cached["val"], key, built, time.perf_counter() - started)
+    captions = cached.get(STREAM_CAPTIONS)
+    if captions is not None:
+        captions = [tuple(item) for item in json.loads(captions.numpy().tobytes())]
+    return TokenCache(cached["train"], cached["val"], key, built, time.perf_counter() - started, captions)
 
 
 def cache_key(config: Config, data: TrainData, vae: DiscreteVAE) -> str:
     """SHA-256 (hex) of the dVAE's weights (names, dtypes, shapes, values), the dVAE and data
-    config and the split sizes: what the cached tokens depend on."""
+    config and the split sizes (of a streamed train split, the number of shards and their sizes and
+    modification times): what the cached tokens depend on."""
     digest = hashlib.sha256()
     settings = config.to_dict()
     about = {"format": FORMAT, "vae": settings["vae"], "data": settings["data"],
              "sizes": [len(getattr(data, split)) for split in SPLITS]}
+    if isinstance(data.train, ShardStream):
+        about["shards"] = [_file_stamp(path) for path in data.train.paths]
     digest.update(json.dumps(about, sort_keys=True).encode())
     for name, tensor in sorted(vae.state_dict().items()):
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
@@ -105,16 +140,77 @@ def cache_key(config: Config, data: TrainData, vae: DiscreteVAE) -> str:
 
 
 def read_cache(run_dir: Path, key: str) -> dict[str, torch.Tensor] | None:
-    """The split tensors of ``run_dir``'s cache if it exists and was computed for ``key``, else None."""
+    """The tensors of ``run_dir``'s cache (the splits', the stream's captions) if it exists and was
+    computed for ``key``, else None."""
     path = run_dir / CACHE_FILE
     if not path.exists():
         return None
     with safe_open(str(path), framework="pt") as f:
         if (f.metadata() or {}).get("key") != key:
             return None
-        return {split: f.get_tensor(split) for split in SPLITS}
+        return {name: f.get_tensor(name) for name in f.keys()}
 
 
 def write_cache(run_dir: Path, tokens: dict[str, torch.Tensor], key: str) -> None:
     """Save the split tensors ``tokens`` with ``key`` as ``run_dir``'s cache, atomically."""
     write_atomic(run_dir / CACHE_FILE, lambda tmp: save_file(tokens, tmp, {"format": FORMAT, "key": key}))
+
+
+def _file_stamp(path: str) -> tuple[int, int] | None:
+    """(size, modification time in ns) of the file at ``path``; None when it is missing."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
+
+
+@torch.no_grad()
+def encode_stream(vae: DiscreteVAE, stream: ShardStream, seed: int, batch_size: int,
+                  precision: contextlib.AbstractContextManager, num_workers: int
+                  ) -> tuple[torch.Tensor, list[tuple[str, ...]], ShardReport]:
+    """Epoch 0 of the train ``stream`` through the frozen ``vae`` (eval mode, under ``precision``):
+    the tokens (N, grid_size**2) of every usable train sample (int16 when the codebook has at most
+    2**15 codes, else int32), each sample's kept captions and the report of reading them. Read by
+    ``max(1, num_workers)`` readers (at most one per shard), one per data loader worker, in batches
+    of ``batch_size``; a progress bar counts the images (rank 0)."""
+    device = next(vae.parameters()).device
+    dtype = torch.int16 if vae.codebook.shape[0] <= 2**15 else torch.int32
+    workers = min(max(1, num_workers), len(stream))
+    loader = DataLoader(_EpochReaders(stream, seed, batch_size, workers), batch_size=None,
+                        num_workers=min(num_workers, workers), generator=torch.Generator())
+    tokens, captions, counts = [], [], {}
+    with eval_mode(vae), tqdm(desc="dalle tokens (train shards)", unit="image", dynamic_ncols=True,
+                              disable=not is_main()) as progress:
+        for images, kept, reader, reader_counts in loader:
+            if kept:
+                with precision:
+                    tokens.append(vae.encode(images.to(device, non_blocking=True)).flatten(1).to("cpu", dtype))
+            captions += kept
+            counts[reader] = reader_counts
+            progress.update(len(images))
+    report = stream.new_report()
+    for reader_counts in counts.values():
+        report.add(reader_counts)
+    if not tokens:
+        raise RuntimeError(f"no usable train sample: {report}")
+    return torch.cat(tokens), captions, report
+
+
+class _EpochReaders(IterableDataset):
+    """Epoch 0 of a train stream's ``readers`` readers, one per data loader worker (reader 0
+    without workers): batches ``(images, captions of each, reader, its counts so far)``, the last
+    full one of a reader short, then an empty one with the reader's final counts."""
+
+    def __init__(self, stream: ShardStream, seed: int, batch_size: int, readers: int) -> None:
+        self.stream, self.seed, self.batch_size, self.readers = stream, seed, batch_size, readers
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, list[tuple[str, ...]], int, dict[str, int]]]:
+        info = get_worker_info()
+        reader = info.id if info is not None else 0
+        report = self.stream.new_report()
+        samples = (sample for shard in self.stream.reader_shards(reader, self.readers, self.seed, 0)
+                   for sample in self.stream.shard_samples(shard, report))
+        while batch := list(itertools.islice(samples, self.batch_size)):
+            yield torch.stack([s.pixels for s in batch]), [s.captions for s in batch], reader, report.counts()
+        yield torch.empty(0, 3, self.stream.image_size, self.stream.image_size), [], reader, report.counts()
