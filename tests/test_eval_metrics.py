@@ -1,7 +1,8 @@
 """Evaluation metrics (dalle_fast.evaluate.metrics) against closed forms and constructed cases:
 the Fréchet distance of known Gaussians, the CLIP score with a fake CLIP of known embeddings,
 attribute accuracy on rendered ground truth and on wrong images, the reranking curve on a
-constructed score table; the PIL charts; the FID Inception network's shape and weight file checks."""
+constructed score table; Wilson intervals against the score test they invert; retrieval ranks
+against a brute-force count; the PIL charts; the FID Inception network's shape and weight file checks."""
 import math
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from PIL import Image
 from dalle_fast.data import Attributes, ShapesDataset, render
 from dalle_fast.evaluate.inception import FEATURES, FIDInception, inception_features, load_inception
 from dalle_fast.evaluate.metrics import (
+    Z_95,
+    accuracy_intervals,
     attribute_accuracy,
     attribute_hits,
     clip_score,
@@ -21,6 +24,11 @@ from dalle_fast.evaluate.metrics import (
     rerank_counts,
     rerank_curve,
     reranked,
+    retrieval_features,
+    retrieval_ranks,
+    share_intervals,
+    top_k_hits,
+    wilson_interval,
 )
 from dalle_fast.evaluate.plot import bar_chart, line_chart
 from dalle_fast.run import UsageError
@@ -233,3 +241,82 @@ def test_fid_inception_features_and_weight_file(tmp_path: Path) -> None:
     torch.save(state, path)
     with pytest.raises(UsageError, match=r"1 missing keys: Mixed_7c.branch_pool.conv.weight; 1 wrong shape"):
         load_inception(path)
+
+
+def test_wilson_interval_inverts_the_score_test() -> None:
+    # The Wilson interval is the set of p with |phat - p| <= z sqrt(p (1 - p) / n): at each end
+    # (inside (0, 1)) the bound holds with equality, and a little beyond it fails.
+    for successes, trials in [(0, 10), (5, 10), (10, 10), (31, 64), (1, 1), (63, 64), (17, 128)]:
+        low, high = wilson_interval(successes, trials)
+        phat = successes / trials
+        assert 0 <= low <= phat <= high <= 1
+
+        def score(p: float, phat: float = phat, trials: int = trials) -> float:
+            return abs(phat - p) - Z_95 * math.sqrt(p * (1 - p) / trials)
+        for end in (low, high):
+            if 0 < end < 1:
+                assert score(end) == pytest.approx(0, abs=1e-12)
+        assert low == 0 or score(low - 1e-6) > 0
+        assert high == pytest.approx(1) or score(high + 1e-6) > 0
+    assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)  # the textbook example
+    wide, narrow = wilson_interval(8, 16), wilson_interval(32, 64)
+    assert narrow[1] - narrow[0] < wide[1] - wide[0]
+
+
+def test_wilson_interval_bad_inputs() -> None:
+    for args, match in [((3, 0), "trials"), ((4, 3), "successes"), ((-1, 3), "successes"), ((1.5, 3), "successes")]:
+        with pytest.raises((ValueError, TypeError), match=match):
+            wilson_interval(*args)
+    with pytest.raises(ValueError, match="z"):
+        wilson_interval(1, 3, z=0)
+
+
+def test_accuracy_intervals_follow_the_hit_counts() -> None:
+    hits = torch.zeros(20, 5, dtype=torch.bool)
+    hits[:7, 0], hits[:, 1], hits[:13, 2] = True, True, True
+    intervals = accuracy_intervals(hits)
+    assert list(intervals) == ["size", "color", "shape", "position", "all"]
+    assert intervals["size"] == pytest.approx(list(wilson_interval(7, 20)))
+    assert intervals["color"] == pytest.approx(list(wilson_interval(20, 20)))
+    assert intervals["position"] == pytest.approx(list(wilson_interval(0, 20)))
+    assert share_intervals(hits[:, :3]) == [tuple(intervals[k]) for k in ("size", "color", "shape")]
+    with pytest.raises(ValueError, match="hits"):
+        share_intervals(torch.zeros(0, 2, dtype=torch.bool))
+
+
+def test_retrieval_features_are_area_means() -> None:
+    images = torch.rand(3, 3, 32, 32)
+    features = retrieval_features(images)
+    expected = images.view(3, 3, 16, 2, 16, 2).mean(dim=(3, 5)).flatten(1)
+    assert features.shape == (3, 3 * 16 * 16) and torch.allclose(features, expected, atol=1e-6)
+    with pytest.raises(ValueError, match="side"):
+        retrieval_features(torch.rand(1, 3, 8, 8))  # smaller than the 16 x 16 space
+
+
+def test_retrieval_ranks_against_a_brute_force_count() -> None:
+    g = torch.Generator().manual_seed(0)
+    gallery = torch.rand(40, 3, 32, 32, generator=g)
+    gallery[7] = gallery[3]  # two identical real images: a tie counts against the target
+    targets = torch.tensor([0, 3, 7, 12, 39, 5])
+    samples = gallery[targets].clone()
+    samples[:3] += 0.01 * torch.randn(3, 3, 32, 32, generator=g)
+    samples[3] = gallery[20]  # the sample shows another image
+    samples[4] = 0.5 * (gallery[39] + gallery[1])  # halfway between two
+    samples = samples.clamp(0, 1)
+    ranks = retrieval_ranks(samples, gallery, targets)
+    f, fg = retrieval_features(samples).double(), retrieval_features(gallery).double()
+    for n, t in enumerate(targets.tolist()):
+        d = [float((f[n] - fg[j]).norm()) for j in range(len(gallery))]
+        assert ranks[n] == 1 + sum(1 for j in range(len(gallery)) if j != t and d[j] <= d[t])
+    assert ranks[0] == 1 and ranks[1] == 2 and ranks[2] == 2 and ranks[3] > 1 and ranks[5] == 1
+    assert top_k_hits(ranks).tolist() == [[r <= 1, r <= 5] for r in ranks.tolist()]
+
+
+def test_retrieval_bad_inputs() -> None:
+    gallery, samples = torch.rand(4, 3, 16, 16), torch.rand(2, 3, 16, 16)
+    with pytest.raises(ValueError, match="targets"):
+        retrieval_ranks(samples, gallery, torch.tensor([0, 4]))
+    with pytest.raises(ValueError, match="targets"):
+        retrieval_ranks(samples, gallery, torch.tensor([0.0, 1.0]))
+    with pytest.raises(ValueError, match="gallery"):
+        retrieval_ranks(samples, torch.rand(4, 3, 32, 32), torch.tensor([0, 1]))

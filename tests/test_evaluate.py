@@ -21,6 +21,7 @@ from dalle_fast.data.splits import dataset_captions
 from dalle_fast.dvae import DiscreteVAE
 from dalle_fast.evaluate import EvalOptions, evaluate, main, pipeline
 from dalle_fast.evaluate.inception import FIDInception
+from dalle_fast.evaluate.metrics import wilson_interval
 from dalle_fast.evaluate.report import FORMAT, KEYS, SECTION_KEYS
 from dalle_fast.model import DALLE
 from dalle_fast.run import UsageError
@@ -64,9 +65,12 @@ def test_report_schema_is_stable(report: dict, run: Path) -> None:
     assert report["settings"]["top_k"] == 16  # a quarter of the 64 codes
     for group, prompts in (("held_in", 2), ("held_out", 3)):  # ceil(5 / 2) held-out prompts
         part = report["attributes"][group]
-        assert part["prompts"] == prompts and list(part) == ["prompts", "first", "reranked"]
+        assert part["prompts"] == prompts and list(part) == ["prompts", "first", "reranked", "intervals"]
         for kind in ("first", "reranked"):
             assert list(part[kind]) == ACCURACY_KEYS and all(0 <= v <= 1 for v in part[kind].values())
+            for key, (low, high) in part["intervals"][kind].items():  # Wilson, from the group's prompt count
+                assert (low, high) == pytest.approx(wilson_interval(round(part[kind][key] * prompts), prompts))
+                assert low <= part[kind][key] <= high
     assert [p["heldout"] for p in report["prompts"]].count(True) == 3
     assert report["fid"]["inception"] == {"first": None, "reranked": None} and report["fid"]["images"] == 5
     for name in report["plots"].values():

@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="shapes: that split; user data: val = the run's held-out share, test = every image "
                              "(a CUB tree: its official test split)")
     parser.add_argument("--num-prompts", type=positive_int, default=defaults.num_prompts,
-                        help="prompts to sample for (shapes: half of held-out pairs)")
+                        help="prompts to sample for (shapes: half of held-out pairs; default 128, 64 per group)")
     parser.add_argument("--samples-per-prompt", type=positive_int,
                         help="images sampled per prompt and reranked by CLIP (default: the config's clip.candidates)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the sampling")
@@ -84,6 +84,8 @@ def summary(report: dict) -> str:
     if report["attributes"] is not None:
         for group, part in report["attributes"].items():
             if part["prompts"]:
-                lines.append(f"{group} ({part['prompts']} prompts), all four attributes right: first "
-                             f"{100 * part['first']['all']:.1f}%, reranked {100 * part['reranked']['all']:.1f}%")
+                first, best = (f"{100 * part[k]['all']:.1f}% (95% CI {100 * part['intervals'][k]['all'][0]:.0f}-"
+                               f"{100 * part['intervals'][k]['all'][1]:.0f})" for k in ("first", "reranked"))
+                lines.append(f"{group} ({part['prompts']} prompts), all four attributes right: first {first}, "
+                             f"reranked {best}")
     return "\n".join(lines)

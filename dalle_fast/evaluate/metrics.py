@@ -1,7 +1,8 @@
 """Metrics of generated images: the Fréchet distance between two sets of features (FID when the
 features are Inception's, "CLIP FID" on CLIP image embeddings), the CLIP score of images against
-their prompts, the attribute accuracy of shapes images, and the reranking curve of the paper
-(accuracy of the CLIP-best of the first k samples as k grows).
+their prompts, the attribute accuracy of shapes images, the reranking curve of the paper
+(accuracy of the CLIP-best of the first k samples as k grows), the retrieval rank of a sample's
+own real image among a gallery in a fixed pixel space, and Wilson intervals for every share.
 
 Every function here is a pure function of its inputs (no model state is changed, nothing is drawn
 from an RNG).
@@ -20,6 +21,8 @@ from ..metrics import check_images
 
 ATTRIBUTE_FIELDS: tuple[str, ...] = ("size", "color", "shape", "position")
 ALL = "all"  # the key of "every attribute right" in attribute accuracies
+Z_95 = 1.959963984540054  # the standard normal quantile of 0.975: two-sided 95% intervals
+RETRIEVAL_SIDE = 16  # retrieval compares images as RETRIEVAL_SIDE x RETRIEVAL_SIDE RGB pixels
 
 
 def _check_features(name: str, features: torch.Tensor) -> None:
@@ -145,6 +148,13 @@ def attribute_accuracy(hits: torch.Tensor) -> dict[str, float]:
     return {key: float(value) for key, value in zip(keys, hits.double().mean(dim=0))}
 
 
+def accuracy_intervals(hits: torch.Tensor) -> dict[str, list[float]]:
+    """The 95% Wilson interval of each share :func:`attribute_accuracy` gives for ``hits``
+    (N >= 1, 5) bool: ``{"size", "color", "shape", "position", "all"} -> [low, high]``."""
+    attribute_accuracy(hits)  # the same checks
+    return {key: list(interval) for key, interval in zip((*ATTRIBUTE_FIELDS, ALL), share_intervals(hits))}
+
+
 def rerank_counts(samples: int) -> list[int]:
     """The numbers of reranked samples of the curve: 1, 2, 4, ... up to ``samples``, and
     ``samples`` itself when it is not a power of two."""
@@ -172,3 +182,66 @@ def rerank_curve(correct: torch.Tensor, scores: torch.Tensor, counts: Sequence[i
                          f"{tuple(getattr(scores, 'shape', ()))}")
     rows = torch.arange(len(correct))
     return [float(correct[rows, reranked(scores, k)].double().mean()) for k in counts]
+
+
+def wilson_interval(successes: int, trials: int, z: float = Z_95) -> tuple[float, float]:
+    """The Wilson score interval of a binomial share: ``successes`` out of ``trials`` >= 1 ->
+    ``(low, high)`` in [0, 1] (95% for the default ``z``). Unlike the normal approximation it
+    stays inside [0, 1] and is not empty at 0 or ``trials`` successes:
+
+        centre = (p + z^2 / 2n) / (1 + z^2 / n),
+        half   = z / (1 + z^2 / n) * sqrt(p (1 - p) / n + z^2 / 4n^2),   p = successes / n."""
+    check_int("trials", trials, 1)
+    check_int("successes", successes, 0, trials)
+    if not (isinstance(z, (int, float)) and z > 0 and math.isfinite(z)):
+        raise ValueError(f"z: must be a finite number > 0, got {z!r}")
+    n, p = trials, successes / trials
+    scale = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / scale
+    half = z / scale * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    # at 0 (or n) successes the low (high) end is exactly 0 (1); rounding would leave it a hair off
+    return (0.0 if successes == 0 else centre - half), (1.0 if successes == n else centre + half)
+
+
+def share_intervals(hits: torch.Tensor) -> list[tuple[float, float]]:
+    """The :func:`wilson_interval` of each column of ``hits`` (N >= 1, C) bool: the share of its
+    N rows that are true."""
+    if not isinstance(hits, torch.Tensor) or hits.dtype != torch.bool or hits.ndim != 2 or len(hits) == 0:
+        raise ValueError(f"hits: expected a bool tensor (N >= 1, C), got "
+                         f"{getattr(hits, 'dtype', type(hits).__name__)} {tuple(getattr(hits, 'shape', ()))}")
+    return [wilson_interval(int(k), len(hits)) for k in hits.sum(dim=0).tolist()]
+
+
+def retrieval_features(images: torch.Tensor, side: int = RETRIEVAL_SIDE) -> torch.Tensor:
+    """The fixed feature space of retrieval: ``images`` (N, 3, S, S) in [0, 1] area-downsampled
+    to ``side`` x ``side`` and flattened -> (N, 3 * side * side) float32. No learned model is
+    involved, so the ranks judge our models without trusting them."""
+    check_images("images", images)
+    check_int("side", side, 1, images.shape[-1])
+    small = torch.nn.functional.adaptive_avg_pool2d(images.float(), side)
+    return small.flatten(1)
+
+
+def retrieval_ranks(samples: torch.Tensor, gallery: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Rank of each sample's own real image among the whole ``gallery`` by Euclidean distance
+    in the :func:`retrieval_features` space: ``samples`` (N, 3, S, S), ``gallery`` (G, 3, S, S)
+    in [0, 1], ``targets`` (N,) int64 indices into the gallery -> (N,) int64, 1 = the nearest
+    gallery image is the target. Ties count against the target (every gallery image at the same
+    distance or nearer ranks before it), so a blank sample does not retrieve anything."""
+    if not isinstance(targets, torch.Tensor) or targets.dtype != torch.int64 or targets.shape != (len(samples),):
+        raise ValueError(f"targets: expected an int64 tensor of shape ({len(samples)},), got "
+                         f"{getattr(targets, 'dtype', type(targets).__name__)} {tuple(getattr(targets, 'shape', ()))}")
+    if samples.shape[1:] != gallery.shape[1:]:
+        raise ValueError(f"gallery: images of shape {tuple(gallery.shape[1:])}, but samples are "
+                         f"{tuple(samples.shape[1:])}")
+    if len(targets) and not (0 <= int(targets.min()) and int(targets.max()) < len(gallery)):
+        raise ValueError(f"targets: must be indices in [0, {len(gallery)}), got {targets.min()}..{targets.max()}")
+    distances = torch.cdist(retrieval_features(samples).double(), retrieval_features(gallery).double())
+    own = distances.gather(1, targets[:, None])
+    others = torch.ones_like(distances, dtype=torch.bool).scatter_(1, targets[:, None], False)
+    return ((distances <= own) & others).sum(dim=1) + 1
+
+
+def top_k_hits(ranks: torch.Tensor, ks: Sequence[int] = (1, 5)) -> torch.Tensor:
+    """Whether each rank of ``ranks`` (N,) is within each k of ``ks``: bool (N, len(ks))."""
+    return torch.stack([ranks <= k for k in ks], dim=1)

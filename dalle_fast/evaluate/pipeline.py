@@ -32,6 +32,7 @@ from .inception import inception_features, load_inception
 from .metrics import (
     ALL,
     ATTRIBUTE_FIELDS,
+    accuracy_intervals,
     attribute_accuracy,
     attribute_hits,
     frechet_distance_of_features,
@@ -54,7 +55,7 @@ class EvalOptions:
     data: str | None = None
     images: str | None = None
     split: str = "val"
-    num_prompts: int = 32
+    num_prompts: int = 128  # 64 per group of prompts (held-in, held-out) on shapes
     samples_per_prompt: int | None = None
     seed: int = 0
     temperature: float = 1.0
@@ -132,9 +133,9 @@ def fid_scores(real: torch.Tensor, first: torch.Tensor, best: torch.Tensor,
 
 def attribute_results(samples: Samples, prompts: Prompts, data: EvalData) -> tuple[dict[str, Any], dict[str, Any]]:
     """Shapes data: the ``attributes`` part of the report (per group of prompts, held-in and
-    held-out: the prompt count and the per-attribute accuracy of the first and the CLIP-best
-    sample) and the ``rerank_curve`` part (accuracy on all four attributes of the CLIP-best of the
-    first k samples, per group and over all prompts)."""
+    held-out: the prompt count, the per-attribute accuracy of the first and the CLIP-best
+    sample, and their 95% Wilson intervals) and the ``rerank_curve`` part (accuracy on all four
+    attributes of the CLIP-best of the first k samples, per group and over all prompts)."""
     p, s = samples.scores.shape
     wanted = [data.attributes[i] for i in prompts.indices for _ in range(s)]
     hits = attribute_hits(samples.images.flatten(0, 1), wanted).view(p, s, len(ATTRIBUTE_FIELDS) + 1)
@@ -146,11 +147,12 @@ def attribute_results(samples: Samples, prompts: Prompts, data: EvalData) -> tup
     for group, flag in {**GROUPS, ALL: None}.items():
         chosen = torch.ones_like(heldout) if flag is None else heldout == flag
         if not chosen.any():
-            part, line = {"prompts": 0, "first": None, "reranked": None}, None
+            part, line = {"prompts": 0, "first": None, "reranked": None, "intervals": None}, None
         else:
             group_hits = hits[chosen]
-            part = {"prompts": int(chosen.sum()), "first": attribute_accuracy(group_hits[:, 0]),
-                    "reranked": attribute_accuracy(group_hits[torch.arange(len(group_hits)), best[chosen]])}
+            picked = {"first": group_hits[:, 0], "reranked": group_hits[torch.arange(len(group_hits)), best[chosen]]}
+            part = {"prompts": int(chosen.sum()), **{kind: attribute_accuracy(h) for kind, h in picked.items()},
+                    "intervals": {kind: accuracy_intervals(h) for kind, h in picked.items()}}
             line = rerank_curve(group_hits[..., -1], samples.scores[chosen], counts)
         if flag is not None:
             attributes[group] = part

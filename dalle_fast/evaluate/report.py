@@ -2,7 +2,7 @@
 (the same as a page to read), ``samples.png`` (prompts' real images, then their samples best
 first) and, on the shapes data, ``rerank_curve.png`` and ``attribute_accuracy.png``.
 
-``report.json`` schema (``format`` ``dalle_fast.evaluate/1``). Every key is always present; a
+``report.json`` schema (``format`` ``dalle_fast.evaluate/2``; /1 had no intervals). Every key is always present; a
 value that does not apply is ``null``. Shares are in [0, 1]; losses in nats unless named bits.
 
 - ``format``, ``run`` (run directory), ``preset`` (config name), ``dataset`` (``"shapes"`` or the
@@ -26,8 +26,10 @@ value that does not apply is ``null``. Shares are in [0, 1]; losses in nats unle
   values only at equal ``images``.
 - ``attributes`` (shapes data; else null): ``held_in`` and ``held_out`` (prompts of (color,
   shape) pairs seen in training and held out of it), each ``{"prompts": n, "first": acc,
-  "reranked": acc}`` with ``acc`` = ``{"size", "color", "shape", "position", "all"}`` shares
-  judged by the shapes reader (null when the group has no prompt).
+  "reranked": acc, "intervals": {"first": ci, "reranked": ci}}`` with ``acc`` = ``{"size",
+  "color", "shape", "position", "all"}`` shares judged by the shapes reader and ``ci`` the same
+  keys -> ``[low, high]``, their 95% Wilson intervals over the group's prompts (null when the group
+  has no prompt).
 - ``rerank_curve`` (shapes data; else null): ``samples`` = [1, 2, 4, ..., S]; ``held_in``,
   ``held_out``, ``all``: for each count k, the share of prompts whose CLIP-best of their first k
   samples is right on all four attributes (null for a group without prompts).
@@ -49,7 +51,7 @@ from .metrics import ALL, ATTRIBUTE_FIELDS
 from .pipeline import GROUPS, Samples
 from .plot import bar_chart, line_chart
 
-FORMAT = "dalle_fast.evaluate/1"
+FORMAT = "dalle_fast.evaluate/2"
 EVAL_DIR = "eval"
 REPORT_JSON, REPORT_MD = "report.json", "report.md"
 PLOTS = {"samples": "samples.png", "rerank_curve": "rerank_curve.png", "attribute_accuracy": "attribute_accuracy.png"}
@@ -119,6 +121,12 @@ def _share(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
+def _share_with_interval(value: float | None, interval: list[float] | None) -> str:
+    if value is None or interval is None:
+        return _share(value)
+    return f"{100 * value:.1f}% ({100 * interval[0]:.0f}-{100 * interval[1]:.0f})"
+
+
 def markdown(report: dict[str, Any]) -> str:
     """``report.md``: the report as a page (tables of the same numbers as report.json)."""
     s, vae, tf, clip, fid = (report[k] for k in ("settings", "vae", "transformer", "clip_score", "fid"))
@@ -144,13 +152,15 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     if report["attributes"] is not None:
         lines += ["## Attribute accuracy (shapes reader)", "",
+                  "Each share with its 95% Wilson interval over the group's prompts.", "",
                   "| prompts | sample | " + " | ".join(ATTRIBUTE_FIELDS) + " | all four |",
                   "|---|---|" + "---|" * (len(ATTRIBUTE_FIELDS) + 1)]
         for group, part in report["attributes"].items():
             for kind in ("first", "reranked"):
-                acc = part[kind] or {}
+                acc, ci = part[kind] or {}, (part["intervals"] or {}).get(kind) or {}
                 lines.append(f"| {LABELS[group]} ({part['prompts']}) | {kind} | "
-                             + " | ".join(_share(acc.get(k)) for k in (*ATTRIBUTE_FIELDS, ALL)) + " |")
+                             + " | ".join(_share_with_interval(acc.get(k), ci.get(k))
+                                          for k in (*ATTRIBUTE_FIELDS, ALL)) + " |")
         curve = report["rerank_curve"]
         lines += ["", "## Reranking curve (all four attributes right)", "",
                   "| samples reranked | " + " | ".join(str(k) for k in curve["samples"]) + " |",
