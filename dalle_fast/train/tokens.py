@@ -8,6 +8,12 @@ config, and the split sizes. A resumed run reuses a file whose key matches; a re
 other data) changes the key, and the cache is built again. The file is written atomically.
 Under torchrun rank 0 builds it while the other processes wait, then every process reads it.
 
+With ``transformer.token_copies`` K > 1 the train tensor holds K encodings of every image, one
+copy after another: the images themselves, then K - 1 random square crops of each
+(``transformer.augment_crop``; paper B.2), copy k of image i cropped by a generator seeded with
+(run seed, k, i), so a rebuild gives the same cache. The transformer's train split is then the K
+copies in a row (:func:`token_data`), each with its image's captions.
+
 Tar shards (a :class:`~dalle_fast.data.shards.ShardStream` train split) are streamed through the
 dVAE once, epoch 0 of ``max(1, train.num_workers)`` readers (one per data loader worker), into the
 same cache: the tokens of every usable train sample in the order read, with their kept captions
@@ -29,6 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -41,11 +48,14 @@ from ..data.shards import ShardReport, ShardStream
 from ..data.splits import TrainData, item_captions
 from ..device import barrier, is_main
 from ..dvae import DiscreteVAE
+from ..errors import UsageError
 from ..eval_mode import eval_mode
 from ..image_tokens import encode_split
 from .log import MetricsLog
+from .vae_augment import random_crop
 
 CACHE_FILE = "dalle_tokens.safetensors"
+CROP_STREAM = 0xC20F  # tells the token cache's crop seeds apart from other streams of a seed
 FORMAT = "dalle_fast.tokens/1"
 SPLITS = ("train", "val")
 STREAM_CAPTIONS = "train_captions"  # the kept captions of a streamed train split's samples
@@ -84,10 +94,46 @@ class CaptionedTokens(Dataset):
 
 
 def token_data(data: TrainData, cache: TokenCache) -> TrainData:
-    """``data`` with its splits replaced by their :class:`CaptionedTokens` from ``cache``."""
+    """``data`` with its splits replaced by their :class:`CaptionedTokens` from ``cache`` (a
+    train tensor of K copies of every image gives K copies of the captions, in the same order)."""
     train = cache.train_captions if cache.train_captions is not None else item_captions(data.train)
-    return data._replace(train=CaptionedTokens(cache.train, train),
+    copies, rest = divmod(len(cache.train), len(train))
+    if rest:
+        raise ValueError(f"cache: {len(cache.train)} train token rows are not a whole number of copies of "
+                         f"{len(train)} images")
+    return data._replace(train=CaptionedTokens(cache.train, train * copies),
                          val=CaptionedTokens(cache.val, item_captions(data.val)))
+
+
+class CroppedCopy(Dataset):
+    """Copy ``copy`` (>= 1) of ``dataset``'s items ``(image, caption)``: each image a random square
+    crop (:func:`~.vae_augment.random_crop`, smallest side share ``min_scale``) drawn from a
+    generator seeded with ``(seed, copy, index)``, the same on every call."""
+
+    def __init__(self, dataset: Dataset, min_scale: float, seed: int, copy: int) -> None:
+        self.dataset, self.min_scale, self.seed, self.copy = dataset, min_scale, seed, copy
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, object]:
+        image, caption = self.dataset[i]
+        state = np.random.SeedSequence([CROP_STREAM, self.seed, self.copy, i]).generate_state(2)
+        generator = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+        return random_crop(image[None], self.min_scale, generator)[0], caption
+
+
+def encode_train_copies(config: Config, vae: DiscreteVAE, dataset: Dataset, batch_size: int,
+                        precision: contextlib.AbstractContextManager) -> torch.Tensor:
+    """The ``transformer.token_copies`` encodings of every image of the indexed train ``dataset``,
+    copy after copy: (copies * N, grid_size**2) (see the module doc)."""
+    transformer, workers = config.transformer, config.train.num_workers
+    copies = [encode_split(vae, dataset, batch_size, precision, workers, "dalle tokens (train)")]
+    for copy in range(1, transformer.token_copies):
+        cropped = CroppedCopy(dataset, transformer.augment_crop, config.train.seed, copy)
+        copies.append(encode_split(vae, cropped, batch_size, precision, workers,
+                                   f"dalle tokens (train, crop {copy} of {transformer.token_copies - 1})"))
+    return torch.cat(copies)
 
 
 def token_cache(config: Config, run_dir: Path, data: TrainData, vae: DiscreteVAE, batch_size: int,
@@ -103,13 +149,16 @@ def token_cache(config: Config, run_dir: Path, data: TrainData, vae: DiscreteVAE
         workers = config.train.num_workers
         cached = {"val": encode_split(vae, data.val, batch_size, precision, workers, "dalle tokens (val)")}
         if isinstance(data.train, ShardStream):
+            if config.transformer.token_copies > 1:
+                raise UsageError(f"transformer.token_copies {config.transformer.token_copies}: augmented copies of "
+                                 "tar shards are not supported (the cache streams each shard once); set it to 1")
             cached["train"], captions, report = encode_stream(vae, data.train, config.train.seed, batch_size,
                                                               precision, workers)
             cached[STREAM_CAPTIONS] = torch.frombuffer(bytearray(json.dumps(captions).encode()), dtype=torch.uint8)
             tqdm.write(f"dalle tokens: {report}")
             MetricsLog(run_dir).append({"stage": "dalle", "split": "data", "step": 0, **report.counts()})
         else:
-            cached["train"] = encode_split(vae, data.train, batch_size, precision, workers, "dalle tokens (train)")
+            cached["train"] = encode_train_copies(config, vae, data.train, batch_size, precision)
         write_cache(run_dir, cached, key)
     barrier()
     if cached is None:  # another process built it
@@ -132,6 +181,8 @@ def cache_key(config: Config, data: TrainData, vae: DiscreteVAE) -> str:
              "sizes": [len(getattr(data, split)) for split in SPLITS]}
     if isinstance(data.train, ShardStream):
         about["shards"] = [_file_stamp(path) for path in data.train.paths]
+    if config.transformer.token_copies > 1:  # (a key without copies is the key of older caches)
+        about["copies"] = [config.transformer.token_copies, config.transformer.augment_crop, config.train.seed]
     digest.update(json.dumps(about, sort_keys=True).encode())
     for name, tensor in sorted(vae.state_dict().items()):
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
