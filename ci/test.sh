@@ -35,9 +35,14 @@ fi
 if ! $PY -c "import gradio, gradio_client, selenium, webdataset, tensorboard" 2>/dev/null; then
   $PY -m pip install -q -e ".[serve-test,shards,tensorboard]" "torch==$($PY -c 'import torch; print(torch.__version__)')"
 fi
-if { ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; } \
-    && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+# Debian packages, installed when this runs as root with apt-get: chromium for the page's browser test; the
+# font and the CLDR annotations of the built-in emoji data (tests/test_emoji.py; their tests skip without).
+APT_PACKAGES=()
+{ command -v chromium >/dev/null && command -v chromedriver >/dev/null; } || APT_PACKAGES+=(chromium chromium-driver)
+[ -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || APT_PACKAGES+=(fonts-noto-color-emoji)
+[ -f /usr/share/unicode/cldr/common/annotations/en.xml ] || APT_PACKAGES+=(unicode-cldr-core)
+if [ "${#APT_PACKAGES[@]}" -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${APT_PACKAGES[@]}" >/dev/null
 fi
 
 echo "== lint (ruff: pyflakes, pycodestyle, import order; pyproject.toml)"

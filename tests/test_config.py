@@ -231,3 +231,63 @@ def test_config_reads_the_shapes_spec_alone():
     code = "import sys, dalle_fast.config; print(*sorted(m for m in sys.modules if m.startswith('dalle_fast.data')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["dalle_fast.data", "dalle_fast.data.shapes_spec"]
+
+
+# --- the emoji data's settings (data.emoji_font, data.emoji_cldr, data.emoji_holdout) ------------------------------
+
+def test_emoji_settings_default_to_debians_paths_and_the_64_held_out_names():
+    from dalle_fast.config.emoji_spec import DEFAULT_CLDR, DEFAULT_FONT
+    from dalle_fast.config.emoji_spec import DEFAULT_HOLDOUT as EMOJI_HOLDOUT
+
+    data = DataConfig()
+    assert data.emoji_font == DEFAULT_FONT == "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"
+    assert data.emoji_cldr == DEFAULT_CLDR == "/usr/share/unicode/cldr/common"
+    assert data.emoji_holdout == EMOJI_HOLDOUT and len(set(EMOJI_HOLDOUT)) == 64
+    tones = [n for n in EMOJI_HOLDOUT if n.endswith(" skin tone")]
+    assert len(tones) == 32 and all(n.split(" ", 1)[0] in ("man", "woman") for n in EMOJI_HOLDOUT if n not in tones)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("emoji_holdout", ["grinning face"], "neither '<name>: <light"),
+    ("emoji_holdout", ["ear: purple skin tone"], "neither"),
+    ("emoji_holdout", ["man cook", "man cook"], "more than once"),
+    ("emoji_holdout", "man cook", "a list of emoji names"),
+    ("emoji_holdout", [1], "a list of emoji names"),
+    ("emoji_font", "", "Noto Color Emoji font"),
+    ("emoji_cldr", "", "CLDR common folder"),
+    ("emoji_font", 3, "of type str"),
+])
+def test_bad_emoji_settings_raise_naming_the_field(field, value, message):
+    with pytest.raises(ValueError, match=rf"DataConfig\.{field}: .*{message}"):
+        DataConfig(dataset="emoji", **{field: value})
+
+
+def test_emoji_names_are_checked_for_form_only_on_the_emoji_data():
+    assert DataConfig(emoji_holdout=["grinning face"]).emoji_holdout == ("grinning face",)  # shapes: not read
+    assert DataConfig(dataset="emoji", emoji_holdout=[]).emoji_holdout == ()
+    with pytest.raises(ValueError, match=r"DataConfig\.emoji_holdout"):
+        DataConfig(emoji_holdout="man cook")
+
+
+def test_emoji_settings_round_trip_through_config_json(tmp_path):
+    config = with_dataset(preset("tiny"), "emoji")
+    config = dataclasses.replace(config, data=dataclasses.replace(
+        config.data, emoji_font="/fonts/emoji.ttf", emoji_cldr="/cldr/common", emoji_holdout=("man cook",)))
+    loaded = Config.load(config.save(tmp_path))
+    assert loaded == config and loaded.data.emoji_holdout == ("man cook",)
+    data = json.loads((tmp_path / CONFIG_FILE).read_text())
+    data["data"]["emoji_holdout"] = ["grinning face"]
+    with pytest.raises(ValueError, match=r"in data: DataConfig\.emoji_holdout"):
+        Config.load(_write(tmp_path, data))
+
+
+def test_with_dataset_keeps_emoji_a_name_and_turns_composites_off(tmp_path, monkeypatch):
+    demo = preset("demo")
+    config = with_dataset(demo, "emoji")
+    assert config.data.dataset == "emoji" and config.vae.augment_composite == 0.0
+    assert config == dataclasses.replace(demo, vae=dataclasses.replace(demo.vae, augment_composite=0.0),
+                                         data=dataclasses.replace(demo.data, dataset="emoji"))
+    monkeypatch.chdir(tmp_path)
+    assert with_dataset(demo, "./emoji").data.dataset == str(tmp_path / "emoji"), "a folder named emoji is a path"
+    with pytest.raises(ValueError, match="Config.vae: augment_composite 0.5 .* shapes data only.*'emoji'"):
+        dataclasses.replace(demo, data=dataclasses.replace(demo.data, dataset="emoji"))

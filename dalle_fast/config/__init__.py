@@ -7,12 +7,15 @@
   ``with_dataset``.
 
 The shapes facts the config checks (``DEFAULT_HOLDOUT``, the holdout check) come from
-:mod:`dalle_fast.data.shapes_spec`, which imports nothing of ``dalle_fast``.
+:mod:`dalle_fast.data.shapes_spec`, which imports nothing of ``dalle_fast``; the emoji ones (the
+default font and CLDR paths and held-out names, the form of a held-out name) from
+:mod:`.emoji_spec`.
 """
 from ..data.shapes_spec import DEFAULT_HOLDOUT
 from .presets import PRESETS, preset, with_dataset, with_reranker
 from .schema import CONFIG_FILE, SCHEMA
 from .sections import (
+    BUILT_IN_DATASETS,
     OPEN_CLIP_PREFIX,
     RUN_RERANKER,
     SPLITS,
@@ -26,7 +29,7 @@ from .sections import (
 )
 
 __all__ = [
-    "CONFIG_FILE", "DEFAULT_HOLDOUT", "OPEN_CLIP_PREFIX", "PRESETS", "RUN_RERANKER", "SCHEMA", "SPLITS", "CLIPConfig",
-    "Config", "DataConfig", "OptimConfig", "TrainConfig", "TransformerConfig", "VAEConfig", "preset", "with_dataset",
-    "with_reranker",
+    "BUILT_IN_DATASETS", "CONFIG_FILE", "DEFAULT_HOLDOUT", "OPEN_CLIP_PREFIX", "PRESETS", "RUN_RERANKER", "SCHEMA",
+    "SPLITS", "CLIPConfig", "Config", "DataConfig", "OptimConfig", "TrainConfig", "TransformerConfig", "VAEConfig",
+    "preset", "with_dataset", "with_reranker",
 ]

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .sections import (
+    BUILT_IN_DATASETS,
     OPEN_CLIP_PREFIX,
     RUN_RERANKER,
     CLIPConfig,
@@ -185,6 +186,8 @@ def _paper() -> Config:
                 steps=430_000, batch_size=1_024, lr=4.5e-4,  # B.2
                 warmup_fraction=5_000 / 430_000,  # warmup over 5k updates (B.2)
                 weight_decay=4.5e-2, beta2=0.96, grad_clip=4.0,  # B.2
+                lr_schedule="plateau",  # B.2: halved on each plateau of the training loss, five times
+                plateau_window=50,  # windows of 50 logged losses: 5k updates at log_every 100
             ),
         ),
         clip=CLIPConfig(
@@ -215,10 +218,12 @@ def preset(name: str) -> Config:
 
 
 def with_dataset(config: Config, dataset: str) -> Config:
-    """``config`` on ``dataset``: ``"shapes"``, or a path to user data (made absolute). User data
-    turns the dVAE's composites off (``vae.augment_composite`` is for objects on white only)."""
+    """``config`` on ``dataset``: ``"shapes"`` or ``"emoji"`` (built in), or a path to user data
+    (made absolute). Data other than shapes turns the dVAE's composites off
+    (``vae.augment_composite`` is for the shapes data only)."""
     if dataset != "shapes":
-        dataset = str(Path(dataset).expanduser().resolve())
+        if dataset not in BUILT_IN_DATASETS:
+            dataset = str(Path(dataset).expanduser().resolve())
         config = dataclasses.replace(config, vae=dataclasses.replace(config.vae, augment_composite=0.0))
     return dataclasses.replace(config, data=dataclasses.replace(config.data, dataset=dataset))
 

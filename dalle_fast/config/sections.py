@@ -15,16 +15,23 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ..data.shapes_spec import DEFAULT_HOLDOUT, check_holdout
+from .emoji_spec import DEFAULT_CLDR as EMOJI_CLDR
+from .emoji_spec import DEFAULT_FONT as EMOJI_FONT
+from .emoji_spec import DEFAULT_HOLDOUT as EMOJI_HOLDOUT
+from .emoji_spec import check_holdout as check_emoji_holdout
 from .schema import ConfigFile, Section
 
 SPLITS = ("train", "val", "test")
+BUILT_IN_DATASETS = ("shapes", "emoji")  # the data.dataset values that name built-in data, not a path
 RUN_RERANKER = "run"  # CLIPConfig.reranker of a run reranking with its own CLIP (the clip stage)
 OPEN_CLIP_PREFIX = "open_clip:"  # ... and the prefix of a pretrained open_clip model
 
 
 @dataclass(frozen=True)
 class OptimConfig(Section):
-    """AdamW with linear warmup then cosine decay from ``lr`` to ``lr_min`` over ``steps`` updates."""
+    """AdamW with linear warmup then cosine decay from ``lr`` to ``lr_min`` over ``steps`` updates,
+    or (``lr_schedule = "plateau"``) ``lr`` held and halved on each plateau of the training loss
+    (``plateau_*``; :class:`dalle_fast.schedules.PlateauHalving`)."""
 
     steps: int
     batch_size: int
@@ -38,6 +45,10 @@ class OptimConfig(Section):
     grad_clip: float = 0.0  # max global gradient norm; 0 disables clipping
     ema_decay: float = 0.0  # decay of an exponential moving average of the weights; 0 disables it
     accumulation: int = 1  # micro-batches per step: batch_size = micro-batch x accumulation x processes
+    lr_schedule: Literal["cosine", "plateau"] = "cosine"  # after the warmup: cosine to lr_min, or halve on plateaus
+    plateau_window: int = 10  # logged training losses averaged per window ("plateau")
+    plateau_threshold: float = 0.01  # a window must beat the best window mean by this share, else lr halves
+    plateau_halvings: int = 5  # at most this many halvings (the paper's five: lr ends 32x lower)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -54,6 +65,9 @@ class OptimConfig(Section):
         self._require("eps", self.eps > 0, "> 0")
         self._require("grad_clip", self.grad_clip >= 0, ">= 0 (0 disables clipping)")
         self._require("ema_decay", 0 <= self.ema_decay < 1, "in [0, 1) (0 disables the EMA)")
+        self._require("plateau_window", self.plateau_window >= 1, ">= 1")
+        self._require("plateau_threshold", 0 <= self.plateau_threshold < 1, "in [0, 1)")
+        self._require("plateau_halvings", self.plateau_halvings >= 0, ">= 0")
 
     def micro_batch(self, processes: int) -> int:
         """Samples per forward of each of ``processes`` processes:
@@ -71,11 +85,19 @@ class OptimConfig(Section):
 
 @dataclass(frozen=True)
 class DataConfig(Section):
-    """Which data to train on. ``dataset`` is ``"shapes"`` (built in) or a path to user data.
+    """Which data to train on. ``dataset`` is ``"shapes"`` or ``"emoji"`` (built in) or a path to
+    user data.
 
     ``holdout``: (color, shape) pairs kept out of the shapes train split (checked against the
     shapes vocabulary when ``dataset`` is ``"shapes"``). ``*_size``: samples per split (the
-    shapes data is procedural, so these are epoch lengths, not limits of the data).
+    shapes data is procedural, so these are epoch lengths, not limits of the data; the emoji and
+    user data hold out ``min(val_size, 10%)`` of their images for validation).
+
+    The ``emoji`` data (:mod:`dalle_fast.data.emoji`): ``emoji_font`` is the Noto Color Emoji font
+    file, ``emoji_cldr`` the CLDR ``common`` folder (with ``annotations/en.xml`` and
+    ``annotationsDerived/en.xml``), both where Debian installs them by default; ``emoji_holdout``
+    the CLDR names kept out of its train and val splits (zero-shot probes, of the forms
+    :mod:`.emoji_spec` says; whether they exist is checked when the data loads).
     """
 
     dataset: str = "shapes"
@@ -83,6 +105,9 @@ class DataConfig(Section):
     train_size: int = 50_000
     val_size: int = 1_000
     test_size: int = 1_000
+    emoji_font: str = EMOJI_FONT
+    emoji_cldr: str = EMOJI_CLDR
+    emoji_holdout: tuple[str, ...] = EMOJI_HOLDOUT
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -102,6 +127,18 @@ class DataConfig(Section):
                 self._fail("holdout", str(e).removeprefix("holdout: "))
         for split in SPLITS:
             self._require(f"{split}_size", self.split_size(split) >= 1, ">= 1")
+        names = self.emoji_holdout
+        if isinstance(names, (str, bytes)) or not isinstance(names, (list, tuple)) \
+                or not all(isinstance(n, str) for n in names):
+            self._fail("emoji_holdout", f"must be a list of emoji names, got {names!r}")
+        object.__setattr__(self, "emoji_holdout", tuple(names))  # JSON gives a list
+        if self.dataset == "emoji":
+            try:
+                check_emoji_holdout(self.emoji_holdout)
+            except ValueError as e:
+                self._fail("emoji_holdout", str(e))
+            self._require("emoji_font", bool(self.emoji_font), "the path of the Noto Color Emoji font file")
+            self._require("emoji_cldr", bool(self.emoji_cldr), "the path of the CLDR common folder")
 
     def split_size(self, split: str) -> int:
         """Number of samples of ``split`` (one of ``SPLITS``)."""
@@ -135,6 +172,9 @@ class VAEConfig(Section):
     logit-Laplace decoder spends its capacity sharpening the white background (its learned scale
     weights those pixels most) and the codes never learn color (docs/results.md#demo-dvae).
 
+    ``augment_crop`` and ``augment_flip`` are the paper's (A.2): each training image is cut to a
+    random square of side a share in [``augment_crop``, 1] of its own and resized back, and half
+    of them are mirrored; the real-data presets use them.
     ``augment_shift``, ``augment_composite`` and ``decoder_finetune_fraction`` are not in the
     paper (0 there). Training images are translated as a batch by up to ``augment_shift`` px, and
     each is, with probability ``augment_composite``, min-blended with another image of the batch
@@ -163,6 +203,8 @@ class VAEConfig(Section):
     usage_weight: float = 0.0
     reconstruction: Literal["logit_laplace", "gaussian"] = "logit_laplace"
     gaussian_sigma: float = 0.0707
+    augment_crop: float = 1.0  # the smallest random square crop, as a share of the side (A.2); 1: no crop
+    augment_flip: bool = False  # mirror half the training images left to right (A.2)
     augment_shift: int = 0
     augment_composite: float = 0.0
     decoder_finetune_fraction: float = 0.0
@@ -189,6 +231,7 @@ class VAEConfig(Section):
         self._require("logit_laplace_eps", 0 <= self.logit_laplace_eps < 0.5, "in [0, 0.5)")
         self._require("usage_weight", self.usage_weight >= 0, ">= 0")
         self._require("gaussian_sigma", self.gaussian_sigma > 0, "> 0")
+        self._require("augment_crop", 0 < self.augment_crop <= 1, "in (0, 1] (1: no crop)")
         self._require("augment_shift", 0 <= self.augment_shift < self.image_size, "in [0, image_size)")
         self._require("augment_composite", 0 <= self.augment_composite <= 1, "in [0, 1]")
         self._require("decoder_finetune_fraction", 0 <= self.decoder_finetune_fraction < 1, "in [0, 1)")
@@ -218,6 +261,12 @@ class TransformerConfig(Section):
     uses 0.1: its train split holds only 504 distinct images (8 colors x 4 shapes x 2 sizes x 9
     positions, less the held-out pairs), which the transformer otherwise memorizes
     (docs/results.md#demo-transformer).
+    ``token_copies``, ``augment_crop``: the paper crops the transformer's images at random too
+    (B.2), so that its tokens are not one fixed encoding per image. The token cache holds
+    ``token_copies`` encodings of every train image: the image itself, then random square crops
+    (side a share in [``augment_crop``, 1], resized back), each from a generator seeded by the
+    run's seed, the copy and the image, so the cache is the same on every rebuild. The train split
+    the transformer reads is the copies one after another: an epoch sees every copy once.
     ``cross_entropy``: how the loss scores the output head: ``"fused"`` through
     ``dalle_kernels.fused_linear_cross_entropy`` (on a GPU the (tokens, vocabulary) logits never
     exist at once), ``"plain"`` as ``F.linear`` then ``F.cross_entropy`` (for comparison).
@@ -235,11 +284,17 @@ class TransformerConfig(Section):
     dropout: float = 0.0
     bpe_dropout: float = 0.1
     cross_entropy: Literal["fused", "plain"] = "fused"
+    augment_crop: float = 1.0  # the smallest random square crop of the token cache's copies (B.2); 1: no crop
+    token_copies: int = 1  # encodings per train image in the token cache: the image, then random crops
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("layers", "heads", "head_dim", "text_len", "text_vocab", "mlp_ratio"):
+        for name in ("layers", "heads", "head_dim", "text_len", "text_vocab", "mlp_ratio", "token_copies"):
             self._require(name, getattr(self, name) >= 1, ">= 1")
+        self._require("augment_crop", 0 < self.augment_crop <= 1, "in (0, 1] (1: no crop)")
+        if self.token_copies > 1 and self.augment_crop == 1:
+            self._fail("token_copies", f"{self.token_copies} copies of each image would be identical without a "
+                                       "crop: set augment_crop below 1, or token_copies 1")
         self._require("conv_kernel", self.conv_kernel >= 1 and self.conv_kernel % 2 == 1, "odd and >= 1")
         self._require("dropout", 0 <= self.dropout < 1, "in [0, 1)")
         self._require("bpe_dropout", 0 <= self.bpe_dropout < 1, "in [0, 1)")

@@ -1,4 +1,5 @@
-"""Data: the built-in procedural ``shapes`` dataset (docs/design.md#built-in-data-shapes) and user data
+"""Data: the built-in procedural ``shapes`` dataset (docs/design.md#built-in-data-shapes), the built-in
+``emoji`` glyphs (:mod:`.emoji`: Noto Color Emoji with CLDR captions) and user data
 (docs/design.md#user-data): a folder of captioned images, a COCO-style captions file, or a CUB-200-2011
 tree with the Reed et al. captions.
 
@@ -23,6 +24,7 @@ _MODULES: dict[str, str] = {  # public name -> the module of this package that d
     "read_attributes": "shapes_draw", "render": "shapes_draw",
     "CocoCaptions": "coco", "CubCaptions": "cub", "DataFilters": "filters", "FilterReport": "filters",
     "FolderDataset": "folder",
+    "EmojiDataset": "emoji", "EmojiGlyphs": "emoji", "emoji_splits": "emoji",
 }
 
 __all__ = list(_MODULES)

@@ -1,6 +1,7 @@
 """The splits of the dataset a run's config names (train and val; evaluation reads val too) and
 their captions, read without loading images. Tar shards (:mod:`.shards`) give a streamed train
-split (a :class:`~.shards.ShardStream`) and an in-memory val split."""
+split (a :class:`~.shards.ShardStream`) and an in-memory val split. The built-in emoji data
+(:mod:`.emoji`) gives ``Subset``s of one dataset of every glyph, as user data does."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -33,17 +34,23 @@ class TrainData(NamedTuple):
 
 
 def load_data(config: Config, images: str | None = None) -> TrainData:
-    """The splits of ``config.data.dataset``: ``"shapes"`` (built in), a folder of captioned
-    images, a COCO-style captions JSON (its images under ``images``) or tar shards (a path or brace
-    pattern ending in ``.tar``, :mod:`.shards`). User data holds out a seeded random ``min(val_size,
-    10%)`` of its images as the val split; shards every tenth of their first samples, up to
-    ``val_size`` usable ones."""
+    """The splits of ``config.data.dataset``: ``"shapes"`` or ``"emoji"`` (built in), a folder of
+    captioned images, a COCO-style captions JSON (its images under ``images``) or tar shards (a
+    path or brace pattern ending in ``.tar``, :mod:`.shards`). User data and the emoji data hold out
+    a seeded random ``min(val_size, 10%)`` of their images as the val split (the emoji data after
+    its held-out names, :func:`~.emoji.emoji_splits`); shards every tenth of their first samples,
+    up to ``val_size`` usable ones."""
+    if config.data.dataset in ("shapes", "emoji") and images is not None:
+        raise UsageError("--images: only used with a COCO-style captions JSON as --data")
     if config.data.dataset == "shapes":
-        if images is not None:
-            raise UsageError("--images: only used with a COCO-style captions JSON as --data")
         val = ShapesDataset.from_config(config, "val")
         return TrainData(ShapesDataset.from_config(config, "train"), val, [val.attributes(i) for i in range(len(val))],
                          None)
+    if config.data.dataset == "emoji":
+        from .emoji import emoji_splits  # imported only when used, as the user data modules
+
+        emoji = emoji_splits(config)
+        return TrainData(emoji.train, emoji.val, None, emoji.dataset.report)
     if is_shard_pattern(config.data.dataset):
         if images is not None:
             raise UsageError("--images: only used with a COCO-style captions JSON as --data, not tar shards")

@@ -1,7 +1,7 @@
 """``python -m dalle_fast.train``: the training command (docs/design.md#command-line).
 
     python -m dalle_fast.train [--stage all|tokenizer|vae|dalle|clip] [--preset demo]
-        [--data shapes | --data DIR | --data captions.json --images DIR]
+        [--data shapes | --data emoji | --data DIR | --data captions.json --images DIR]
         [--out runs/<preset>] [--resume] [--steps N] [--clip open_clip:MODEL --clip-weights FILE]
 
 ``--stage all`` runs every stage in order; one stage at a time works too, in the same ``--out``
@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="stage to train; 'all' runs every stage in order (default: all)")
     parser.add_argument("--preset", choices=sorted(PRESETS),
                         help=f"configuration preset (default: the config saved in --out, else {DEFAULT_PRESET})")
-    parser.add_argument("--data", help="'shapes' (the built-in data, default), a folder of images with "
+    parser.add_argument("--data", help="'shapes' (the built-in procedural data, default), 'emoji' (the built-in "
+                                       "Noto Color Emoji glyphs with CLDR captions), a folder of images with "
                                        "same-stem .txt captions, or a COCO-style captions .json (with --images)")
     parser.add_argument("--images", help="folder of the images a captions .json names")
     parser.add_argument("--out", type=Path, help="run directory (default: runs/<preset>)")
