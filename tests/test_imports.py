@@ -146,7 +146,7 @@ def test_the_repository_follows_the_import_rules() -> None:
 
 def test_the_generation_evaluation_and_serve_commands_do_not_import_training() -> None:
     graph = import_graph(ROOT)
-    for command in ("dalle_fast.generate", "dalle_fast.evaluate", "dalle_fast.serve"):
+    for command in ("dalle_fast.generate", "dalle_fast.evaluate", "dalle_fast.serve", "dalle_fast.plan"):
         users = [m for m in graph if _within(m, command)]
         assert users, command
         assert not [t for m in users for t in graph[m] if _within(t, "dalle_fast.train")]
