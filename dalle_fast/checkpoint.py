@@ -13,12 +13,22 @@ run directory, flushed, then ``os.replace``), and the pointer moves only after b
 new pair are in place. So at any moment the pointer names a complete pair from one step (the
 previous one until the new pair is finished). Both files also record their step, checked on
 load. Older pairs are pruned after the pointer moves, keeping the newest ``KEEP``.
+
+A run with ``train.parallel = "fsdp"`` also has a third part per checkpoint, the sharded state:
+
+- ``s-0000000n.dcp/``: a ``torch.distributed.checkpoint`` directory (each process's shards of
+  the weights and of the optimizer state; it loads under any number of processes). Every
+  process writes into the temporary ``.s-0000000n.dcp.tmp/``, which rank 0 renames
+  (:func:`commit_directory`) before it writes the two files; the pointer names it as
+  ``"sharded"``. The weights file then holds the whole weights (gathered on rank 0) and the
+  state file only what is not sharded (RNG states, counters).
 """
 from __future__ import annotations
 
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -29,17 +39,21 @@ from safetensors.torch import save_file
 from .atomic import write_atomic
 
 KEEP = 2  # checkpoint pairs kept per stage (the newest)
+SHARDED_SUFFIX = ".dcp"  # the sharded state directory of a checkpoint: <stage>-<step>.dcp
+STAGING_SUFFIX = ".tmp"  # ... and where it is written first: .<stage>-<step>.dcp.tmp
 EMA_PREFIX = "ema."  # the weights of an EMA of the model, beside the model's own
 
 
 class Checkpoint(NamedTuple):
     """One checkpoint: ``step`` (optimizer steps done), ``weights`` and ``state`` (name -> tensor,
-    any shapes), ``meta`` (a JSON-serializable dict)."""
+    any shapes), ``meta`` (a JSON-serializable dict), ``sharded`` (the name of its
+    :func:`sharded_name` directory, already committed, or None)."""
 
     step: int
     weights: dict[str, torch.Tensor]
     state: dict[str, torch.Tensor]
     meta: dict[str, Any]
+    sharded: str | None = None  # the sharded state's directory in the run directory, if any
 
 
 def save_checkpoint(run_dir: str | os.PathLike, stage: str, checkpoint: Checkpoint) -> Path:
@@ -47,6 +61,10 @@ def save_checkpoint(run_dir: str | os.PathLike, stage: str, checkpoint: Checkpoi
     weights file. Tensors are stored contiguous, on the CPU."""
     run_dir = Path(run_dir)
     names = _names(stage, checkpoint.step)
+    if checkpoint.sharded is not None:
+        if not (run_dir / checkpoint.sharded).is_dir():
+            raise ValueError(f"{run_dir / checkpoint.sharded}: the sharded state must be committed first")
+        names["sharded"] = checkpoint.sharded
     step = str(checkpoint.step)
     _write_tensors(run_dir / names["weights"], checkpoint.weights, {"stage": stage, "step": step})
     _write_tensors(run_dir / names["state"], checkpoint.state,
@@ -72,7 +90,36 @@ def load_checkpoint(run_dir: str | os.PathLike, stage: str) -> Checkpoint | None
         if meta.get("stage") != stage or meta.get("step") != str(step):
             raise ValueError(f"{run_dir / file}: holds stage {meta.get('stage')!r} step {meta.get('step')}, "
                              f"but {pointer.name} names it for stage {stage!r} step {step}")
-    return Checkpoint(step, weights, state, json.loads(state_meta["meta"]))
+    sharded = names.get("sharded")
+    if sharded is not None and not (run_dir / sharded).is_dir():
+        raise ValueError(f"{run_dir / sharded}: missing, but the checkpoint pointer names it")
+    return Checkpoint(step, weights, state, json.loads(state_meta["meta"]), sharded)
+
+
+def sharded_name(stage: str, step: int) -> str:
+    """The name of the sharded state directory of ``stage`` at ``step``."""
+    return f"{stage}-{step:08d}{SHARDED_SUFFIX}"
+
+
+def staging_directory(run_dir: str | os.PathLike, name: str, clear: bool) -> Path:
+    """The temporary directory in ``run_dir`` that the directory ``name`` is written into before
+    :func:`commit_directory`; ``clear``: remove what a crash may have left there first."""
+    staging = Path(run_dir) / f".{name}{STAGING_SUFFIX}"
+    if clear:
+        shutil.rmtree(staging, ignore_errors=True)
+    return staging
+
+
+def commit_directory(run_dir: str | os.PathLike, name: str) -> None:
+    """Move the complete :func:`staging_directory` of ``name`` into place as ``run_dir/name``
+    (replacing one a crash left there), flushed first so that the rename publishes whole files."""
+    staging, final = staging_directory(run_dir, name, clear=False), Path(run_dir) / name
+    for path in staging.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(staging, final)
 
 
 def checkpointed_stages(run_dir: str | os.PathLike) -> list[str]:
@@ -102,11 +149,16 @@ def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 
 
 def _prune(run_dir: Path, stage: str, current: int) -> None:
-    """Keep the pairs of ``stage`` from the ``KEEP`` newest steps up to ``current`` (the one the
-    pointer names); delete the others, including files a crash left past ``current``."""
-    pattern = re.compile(rf"{re.escape(stage)}-(\d{{8}})(\.state)?\.safetensors")
-    files = [(int(m.group(1)), p) for p in run_dir.iterdir() if (m := pattern.fullmatch(p.name))]
+    """Keep the checkpoints of ``stage`` (pair and sharded state) from the ``KEEP`` newest steps
+    up to ``current`` (the one the pointer names); delete the others, including those a crash
+    left past ``current``, and any sharded state a crash left in staging."""
+    suffixes = rf"\.state\.safetensors|\.safetensors|{re.escape(SHARDED_SUFFIX)}"
+    published = re.compile(rf"{re.escape(stage)}-(\d{{8}})({suffixes})")
+    files = [(int(m.group(1)), p) for p in run_dir.iterdir() if (m := published.fullmatch(p.name))]
     keep = sorted({step for step, _ in files if step <= current})[-KEEP:]
-    for step, path in files:
-        if step not in keep:
+    stale = [path for step, path in files if step not in keep]
+    for path in [*stale, *run_dir.glob(f".{stage}-*{SHARDED_SUFFIX}{STAGING_SUFFIX}")]:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
             path.unlink(missing_ok=True)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import Config
+from .units import Unit
 
 MAX_LOGIT_SCALE = 100.0
 INIT_LOGIT_SCALE = 1 / 0.07
@@ -50,8 +51,9 @@ def contrastive(text: torch.Tensor, image: torch.Tensor, scale: torch.Tensor) ->
     return CLIPOutput(loss, text_to_image, image_to_text, logits)
 
 
-class Block(nn.Module):
-    """Pre-LN transformer block: ``x + attn(ln(x))``, then ``x + mlp(ln(x))``; (B, S, width) -> same."""
+class Block(Unit):
+    """Pre-LN transformer block: ``x + attn(ln(x))``, then ``x + mlp(ln(x))``; (B, S, width) -> same.
+    A :class:`~dalle_fast.units.Unit` (training may recompute and shard it on its own)."""
 
     def __init__(self, width: int, heads: int, mlp_ratio: int = 4) -> None:
         super().__init__()
@@ -62,6 +64,9 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(width, mlp_ratio * width), nn.GELU(), nn.Linear(mlp_ratio * width, width))
 
     def forward(self, x: torch.Tensor, causal: bool) -> torch.Tensor:
+        return self.run(self._attend, x, causal)
+
+    def _attend(self, x: torch.Tensor, causal: bool) -> torch.Tensor:
         b, s, width = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(b, s, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
         attended = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # (B, heads, S, head_dim)

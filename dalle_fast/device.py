@@ -18,8 +18,6 @@ from typing import NamedTuple
 import torch
 import torch.distributed as dist
 
-from .errors import UsageError
-
 # How long a process waits for the others at a collective: long enough for what rank 0 does
 # alone (building the token cache of a large train split, an evaluation). torchrun stops every
 # process when one fails, so a dead peer does not leave the rest waiting this long.
@@ -84,15 +82,6 @@ def mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str,
     return dict(zip(values, (stacked / world().size).tolist(), strict=True))
 
 
-def local_batch_size(batch_size: int, size: int) -> int:
-    """The share of each of ``size`` processes of a global batch of ``batch_size``; raises
-    ``UsageError`` unless it divides evenly."""
-    if batch_size % size:
-        raise UsageError(f"batch_size {batch_size} (the global batch) must be a multiple of the number of "
-                         f"processes, {size}: change --nproc_per_node or the preset's batch_size")
-    return batch_size // size
-
-
 def pick_device() -> torch.device:
     """This process's GPU (the current one, ``LOCAL_RANK`` under torchrun) if there is one, else the CPU."""
     if not torch.cuda.is_available():
@@ -100,10 +89,15 @@ def pick_device() -> torch.device:
     return torch.device("cuda", world().local_rank) if world().size > 1 else torch.device("cuda")
 
 
+def uses_bf16(precision: str, device: torch.device) -> bool:
+    """Whether ``TrainConfig.precision`` computes in bf16 on ``device``: ``"auto"`` on a GPU,
+    ``"bf16"`` anywhere, ``"fp32"`` never."""
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"precision: must be 'auto', 'fp32' or 'bf16', got {precision!r}")
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+
+
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
     """The forward pass's precision context for ``TrainConfig.precision``: ``"auto"`` is bf16
     autocast on a GPU and fp32 on the CPU, ``"bf16"`` bf16 autocast anywhere, ``"fp32"`` none."""
-    if precision not in ("auto", "fp32", "bf16"):
-        raise ValueError(f"precision: must be 'auto', 'fp32' or 'bf16', got {precision!r}")
-    enabled = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(precision, device))

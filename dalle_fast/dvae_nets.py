@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .config import VAEConfig
+from .units import Unit
 
 # Kernel sizes of the residual path of a block: the encoder's ends in a 1x1 conv, the decoder's
 # starts with one (as in the released model).
@@ -55,9 +56,18 @@ class ResidualBlock(nn.Module):
         return self.id_path(x) + self.post_gain * self.res_path(x)
 
 
+class ResidualGroup(Unit, nn.Sequential):
+    """One group of residual blocks (then the resampling to the next group): an ``nn.Sequential``
+    (same parameter names) that is a :class:`~dalle_fast.units.Unit` (training may recompute and
+    shard it on its own)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.run(super().forward, x)
+
+
 def residual_groups(n_in: int, widths: Sequence[int], blocks: int, kernels: Sequence[int],
                     resample: Callable[[], nn.Module]) -> list[nn.Module]:
-    """One ``nn.Sequential`` per entry of ``widths``: ``blocks`` residual blocks of that width
+    """One :class:`ResidualGroup` per entry of ``widths``: ``blocks`` residual blocks of that width
     (the first one from the previous width, ``n_in`` for the first group), then ``resample()``
     between consecutive groups."""
     post_gain = 1 / (len(widths) * blocks) ** 2
@@ -69,7 +79,7 @@ def residual_groups(n_in: int, widths: Sequence[int], blocks: int, kernels: Sequ
             n_in = width
         if g < len(widths) - 1:
             layers.append(resample())
-        groups.append(nn.Sequential(*layers))
+        groups.append(ResidualGroup(*layers))
     return groups
 
 

@@ -44,6 +44,7 @@ from torch import nn
 import dalle_kernels as dk
 
 from .config import Config
+from .units import Unit
 
 TEXT_WEIGHT, IMAGE_WEIGHT = 1 / 8, 7 / 8
 Mask = Any  # a dk.dalle_mask(...)
@@ -95,8 +96,9 @@ def check_ids(name: str, ids: object, length: int | None, vocab: int) -> torch.T
     return ids.long()
 
 
-class Block(nn.Module):
-    """Pre-LN transformer block over (B, n, d) activations, attention restricted by a mask."""
+class Block(Unit):
+    """Pre-LN transformer block over (B, n, d) activations, attention restricted by a mask; a
+    :class:`~dalle_fast.units.Unit` (training may recompute and shard it on its own)."""
 
     def __init__(self, d_model: int, heads: int, mlp_ratio: int, dropout: float) -> None:
         super().__init__()
@@ -110,6 +112,9 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: Mask) -> torch.Tensor:
         """x (B, S, d), S = mask.seq_len -> (B, S, d)."""
+        return self.run(self._attend, x, mask)
+
+    def _attend(self, x: torch.Tensor, mask: Mask) -> torch.Tensor:
         q, k, v = self._heads(x)
         return self._finish(x, dk.sparse_attention(q, k, v, mask))
 

@@ -1,11 +1,12 @@
-"""Helpers of the training-stage tests: the command run in-process, the metrics it logged, and
-the crash-then-resume check every stage must pass."""
+"""Helpers of the training-stage tests: the command run in-process, the metrics it logged, the
+crash-then-resume check every stage must pass, and what the multi-process tests share."""
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import io
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -15,7 +16,11 @@ import torch
 
 from dalle_fast.checkpoint import Checkpoint, load_checkpoint
 from dalle_fast.config import Config, preset
+from dalle_fast.data.splits import load_data
+from dalle_fast.run import load_tokenizer, load_vae
 from dalle_fast.train import main, train
+from dalle_fast.train.dalle import DALLETrainer
+from dalle_fast.train.tokens import token_cache
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -41,6 +46,35 @@ def records(run_dir: Path, stage: str | None = None) -> list[dict]:
     """The records of ``metrics.jsonl`` (of ``stage`` only, if given)."""
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [r for r in rows if stage is None or r["stage"] == stage]
+
+
+def prepare_dalle_stage(config: Config, run_dir: Path) -> Path:
+    """``run_dir`` with the tokenizer, dVAE and token cache of ``config``: ready for its dalle stage."""
+    train(config, run_dir, "tokenizer")
+    train(config, run_dir, "vae")
+    token_cache(config, run_dir, load_data(config), load_vae(config, run_dir), config.transformer.optim.batch_size,
+                contextlib.nullcontext())
+    return run_dir
+
+
+def dalle_trainer(config: Config, run_dir: Path) -> DALLETrainer:
+    """The dalle stage's trainer of ``config`` in ``run_dir`` (a :func:`prepare_dalle_stage`)."""
+    data = load_data(config)
+    vae = load_vae(config, run_dir)
+    cache = token_cache(config, run_dir, data, vae, config.transformer.optim.batch_size, contextlib.nullcontext())
+    return DALLETrainer(config, run_dir, data, load_tokenizer(config, run_dir), vae, cache)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for the rendezvous of spawned process groups)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    """``||got - want|| / ||want||`` over the whole tensors, in float64."""
+    return ((got.double() - want.double()).norm() / want.double().norm().clamp_min(1e-30)).item()
 
 
 def without_seconds(rows: list[dict]) -> list[dict]:

@@ -2,19 +2,18 @@
 equal one process on the whole batch.
 
 - the gradients of one update of the dalle stage, two processes spawned with
-  ``torch.multiprocessing`` vs this process alone;
+  ``torch.multiprocessing`` vs this process alone, also with the processes' slices cut into 2
+  accumulated micro-batches each (``optim.accumulation``);
 - ``torchrun --nproc_per_node 2 -m dalle_fast.train --stage dalle`` vs the same stage run here:
   the logged losses, the weights after the run, one summary line printed;
 - the rank slices of the train stream, and the error of a global batch the processes cannot share.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -23,18 +22,22 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
-from stage_runs import one_thread, records, run_main  # noqa: F401 - a fixture
+from stage_runs import (  # noqa: F401 - one_thread is a fixture
+    dalle_trainer,
+    free_port,
+    one_thread,
+    prepare_dalle_stage,
+    records,
+    relative_error,
+    run_main,
+)
 
 import dalle_fast.train.loop
 from dalle_fast.checkpoint import load_checkpoint
 from dalle_fast.config import Config, preset
-from dalle_fast.data.splits import load_data
-from dalle_fast.device import World, local_batch_size, process_group
-from dalle_fast.run import UsageError, load_tokenizer, load_vae
+from dalle_fast.device import World, process_group
 from dalle_fast.train import train
-from dalle_fast.train.dalle import DALLETrainer
 from dalle_fast.train.loader import IndexStream, RankSlice, train_loader
-from dalle_fast.train.tokens import token_cache
 
 STEPS = 3
 BATCH = 8  # global: 4 per process
@@ -56,59 +59,48 @@ def ddp_config() -> Config:
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run directory of :func:`ddp_config` with its tokenizer, dVAE and token cache."""
-    run_dir = tmp_path_factory.mktemp("ddp") / "run"
-    config = ddp_config()
-    train(config, run_dir, "tokenizer")
-    train(config, run_dir, "vae")
-    token_cache(config, run_dir, load_data(config), load_vae(config, run_dir), BATCH, contextlib.nullcontext())
-    return run_dir
+    return prepare_dalle_stage(ddp_config(), tmp_path_factory.mktemp("ddp") / "run")
 
 
-def first_update(run_dir: Path) -> tuple[float, dict[str, torch.Tensor]]:
+def first_update(run_dir: Path, accumulation: int = 1) -> tuple[float, dict[str, torch.Tensor]]:
     """The loss of this process's slice and every parameter's gradient (after the all-reduce
-    and clipping) in the first update of the dalle stage in ``run_dir``."""
+    and clipping) in the first update of the dalle stage in ``run_dir``, in ``accumulation``
+    micro-batches."""
     config = Config.load(run_dir)
-    data = load_data(config)
-    vae = load_vae(config, run_dir)
-    cache = token_cache(config, run_dir, data, vae, BATCH, contextlib.nullcontext())
-    trainer = DALLETrainer(config, run_dir, data, load_tokenizer(config, run_dir), vae, cache)
+    transformer = config.transformer
+    config = dataclasses.replace(config, transformer=dataclasses.replace(
+        transformer, optim=dataclasses.replace(transformer.optim, accumulation=accumulation)))
+    trainer = dalle_trainer(config, run_dir)
     batch = next(iter(train_loader(trainer.data.train, BATCH, config.train.seed, 0, 0, trainer.world.rank,
                                    trainer.world.size)))
-    output = trainer.update(batch, trainer.settings(0))
-    return output.loss.item(), {name: p.grad.clone() for name, p in trainer.model.named_parameters()}
+    metrics = trainer.update(batch, trainer.settings(0))
+    return metrics["loss"], {name: p.grad.clone() for name, p in trainer.model.named_parameters()}
 
 
 def _update_worker(rank: int, run_dir: Path, port: int) -> None:
-    """Process ``rank`` of 2: :func:`first_update` in a gloo group, saved to ``run_dir``."""
+    """Process ``rank`` of 2: :func:`first_update` in a gloo group, without and with accumulation,
+    saved to ``run_dir``."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE="2")
     torch.set_num_threads(1)
     with process_group() as world:
         assert world == World(rank, 2, rank)
-        result = first_update(run_dir)
-    torch.save(result, run_dir / f"update{rank}.pt")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
-    return ((got.double() - want.double()).norm() / want.double().norm().clamp_min(1e-30)).item()
+        results = {accumulation: first_update(run_dir, accumulation) for accumulation in (1, 2)}
+    torch.save(results, run_dir / f"update{rank}.pt")
 
 
 def test_two_processes_compute_the_gradients_of_the_whole_batch(prepared: Path) -> None:
     loss, grads = first_update(prepared)  # one process, the whole batch
     mp.spawn(_update_worker, args=(prepared, free_port()), nprocs=2, join=True)
-    (loss0, grads0), (loss1, grads1) = (torch.load(prepared / f"update{r}.pt") for r in (0, 1))
-    assert (loss0 + loss1) / 2 == pytest.approx(loss, rel=1e-6)  # equal slices: mean of means
-    assert loss0 != pytest.approx(loss1, rel=1e-3)  # the processes did see different samples
-    assert grads0.keys() == grads.keys()
-    for name, want in grads.items():
-        assert torch.equal(grads0[name], grads1[name]), name  # all-reduced
-        assert relative_error(grads0[name], want) < 1e-6, name
+    results = [torch.load(prepared / f"update{r}.pt") for r in (0, 1)]
+    for accumulation in (1, 2):
+        (loss0, grads0), (loss1, grads1) = (result[accumulation] for result in results)
+        assert (loss0 + loss1) / 2 == pytest.approx(loss, rel=1e-6)  # equal slices: mean of means
+        assert loss0 != pytest.approx(loss1, rel=1e-3)  # the processes did see different samples
+        assert grads0.keys() == grads.keys()
+        for name, want in grads.items():
+            assert torch.equal(grads0[name], grads1[name]), (accumulation, name)  # all-reduced
+            assert relative_error(grads0[name], want) < 1e-6, (accumulation, name)
     clipped = torch.cat([g.flatten() for g in grads.values()]).norm()
     assert clipped == pytest.approx(0.5, rel=1e-4)  # clipped, after averaging
 
@@ -152,18 +144,23 @@ def test_rank_slices_share_out_each_global_batch() -> None:
         RankSlice(stream, 10, 0, 3)
 
 
-def test_a_global_batch_the_processes_cannot_share_is_refused(prepared: Path, tmp_path: Path, capsys,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    assert local_batch_size(12, 4) == 3
-    with pytest.raises(UsageError, match="batch_size 10 .* multiple of the number of processes, 4"):
-        local_batch_size(10, 4)
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_a_global_batch_the_processes_cannot_share_is_refused(accumulation: int, prepared: Path, tmp_path: Path,
+                                                              capsys, monkeypatch: pytest.MonkeyPatch) -> None:
     run_dir = shutil.copytree(prepared, tmp_path / "run")
+    config = Config.load(run_dir)
+    transformer = config.transformer
+    dataclasses.replace(config, transformer=dataclasses.replace(transformer, optim=dataclasses.replace(
+        transformer.optim, accumulation=accumulation))).save(run_dir)
     monkeypatch.setattr(dalle_fast.train.loop, "world", lambda: World(0, 3, 0))
     with pytest.raises(SystemExit) as exit_info:
         run_main(["--stage", "dalle", "--resume", "--out", str(run_dir)])
     assert exit_info.value.code == 2
-    assert f"batch_size {BATCH} (the global batch) must be a multiple of the number of processes, 3" in \
-        capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert ("transformer.optim of the dalle stage: OptimConfig.batch_size: must be a multiple of accumulation x "
+            f"processes = {accumulation} x 3 = {3 * accumulation} (the global batch is micro-batch x accumulation x "
+            f"processes), got batch_size {BATCH}") in err
+    assert "optim.accumulation" in err and "--nproc_per_node 3" in err
     assert not list(run_dir.glob("dalle-*"))
 
 

@@ -7,7 +7,8 @@ The images are encoded once into the token cache (:mod:`.tokens`; the vae stage 
 Each training sample's caption (one of its item's captions) and BPE dropout
 (``transformer.bpe_dropout``) are drawn from a torch generator seeded by the run seed and the
 sample's position in the train data stream: a resumed run draws the same, and so does every
-slice of a batch split over torchrun processes. Weight decay spares vectors (biases, norms).
+slice of a batch split over torchrun processes or into accumulation micro-batches. Weight decay
+spares vectors (biases, norms).
 
 Train records hold loss, text_loss and image_loss; val records the same over the val split
 (first caption, no dropout), ``image_bits_per_token`` (image_loss / ln 2) and, for the shapes
@@ -96,9 +97,9 @@ class DALLETrainer(StageTrainer):
 
     def forward(self, batch: tuple[torch.Tensor, torch.Tensor], settings: NamedTuple) -> DALLEOutput:
         image, indices = batch
-        first = self.samples_seen + self.world.rank * self.local_batch_size  # stream position of this slice
-        text = training_text(self.tokenizer, [self.data.train.captions[i] for i in indices.tolist()], first,
-                             self.config.train.seed, self.config.transformer.bpe_dropout)
+        captions = [self.data.train.captions[i] for i in indices.tolist()]
+        text = training_text(self.tokenizer, captions, self.batch_start, self.config.train.seed,
+                             self.config.transformer.bpe_dropout)
         return self.model(text.to(self.device, non_blocking=True), image.to(self.device, non_blocking=True))
 
     def train_metrics(self, output: DALLEOutput) -> dict[str, float]:
