@@ -6,8 +6,8 @@ exit status 2 naming both Debian packages when a file is missing, and ``python -
 --data emoji`` through every stage.
 
 One render of every glyph at 32 px (the tiny preset's size, about 8 s) into a temporary cache is
-shared by the module; the tests that need the installed font and CLDR files skip without them (CI
-installs them: ci/test.sh). The missing-file and config tests need neither.
+shared by the module; the tests that need the installed font and CLDR files fail without them, saying
+what to install (ci/test.sh installs them). The missing-file and config tests need neither.
 """
 from __future__ import annotations
 
@@ -33,8 +33,15 @@ from dalle_fast.train.cli import main as train_main
 SIZE = 32
 INSTALL = "apt-get install fonts-noto-color-emoji unicode-cldr-core"
 INSTALLED = Path(DEFAULT_FONT).is_file() and all((Path(DEFAULT_CLDR) / f).is_file() for f in emoji.ANNOTATION_FILES)
-needs_packages = pytest.mark.skipif(not INSTALLED, reason=f"needs the Debian packages {FONT_PACKAGE} and "
-                                                          f"{CLDR_PACKAGE} (sudo {INSTALL}); ci/test.sh installs them")
+MISSING = (f"needs the Debian packages {FONT_PACKAGE} and {CLDR_PACKAGE} (sudo {INSTALL}); ci/test.sh installs "
+           "them when it runs as root")
+
+
+@pytest.fixture
+def packages() -> None:
+    """Fails (never skips) a test that needs the installed font and CLDR files when they are missing."""
+    if not INSTALLED:
+        pytest.fail(MISSING)
 
 # A small CLDR folder of our own: five names, one the font lacks (the hyphen-minus).
 MINI = {
@@ -73,7 +80,7 @@ def cache_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def rendered(cache_root: Path) -> tuple[emoji.EmojiSplits, float]:
     """The emoji data of the tiny preset (32 px) rendered into the module's cache, and the seconds it took."""
     if not INSTALLED:
-        pytest.skip(f"needs the Debian packages {FONT_PACKAGE} and {CLDR_PACKAGE} (sudo {INSTALL})")
+        pytest.fail(MISSING)
     started = time.perf_counter()
     splits = emoji_splits(emoji_config(), cache=cache_root / "emoji")
     return splits, time.perf_counter() - started
@@ -295,7 +302,7 @@ def test_the_cache_key_follows_what_changes_the_rendering(tmp_path: Path, monkey
     assert cache_key(SIZE, font, cldr) != key
 
 
-@needs_packages
+@pytest.mark.usefixtures("packages")
 def test_concurrent_first_loads_render_once_and_agree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cldr = write_cldr(tmp_path / "cldr")
     renders = []
@@ -323,7 +330,7 @@ def test_concurrent_first_loads_render_once_and_agree(tmp_path: Path, monkeypatc
     assert len(dataset) == 4 and dataset.report.images_kept == 4 and results[0].names_read == 5
 
 
-@needs_packages
+@pytest.mark.usefixtures("packages")
 def test_an_unwritable_cache_renders_with_a_warning(tmp_path: Path) -> None:
     blocked = tmp_path / "file"
     blocked.write_text("not a folder")
@@ -383,6 +390,66 @@ def test_evaluation_reads_the_val_split_and_every_glyph(data: emoji.EmojiSplits,
     assert list(val.dataset.indices)[:len(data.val)] == list(data.val.indices) and val.attributes is None
     assert val.captions[0][0].startswith("an emoji of ")
     assert len(eval_data(emoji_config(), "test").dataset) == len(data.dataset)
+
+
+def test_evaluation_prompts_seen_and_held_out_names_and_retrieves_among_every_glyph(
+        data: emoji.EmojiSplits, cache_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Samples 0 blank, 1 the prompt's own glyph (scored best), 2 another glyph: the CLIP-best
+    retrieves its own glyph first for every prompt (up to identical-looking glyphs), the first
+    sample never; prompts come half from held-out names, half from names seen in training."""
+    from dalle_fast.evaluate import EvalOptions, evaluate, pipeline
+    from dalle_fast.evaluate.data import eval_data
+    from dalle_fast.evaluate.metrics import wilson_interval
+
+    monkeypatch.setenv("DALLE_FAST_CACHE", str(cache_root))
+    config = emoji_config()
+    run = tmp_path / "run"
+    make_random_run(config, run)
+    pool = eval_data(config, "val").pool
+    by_caption = {pool.captions[i][0]: pool.gallery_index[i] for i in range(len(pool.captions))}
+
+    def fake_generate(pipe, captions, samples, options, top_k):
+        images = torch.ones(len(captions), 3, 3, SIZE, SIZE)
+        for p, caption in enumerate(captions):
+            images[p, 1] = data.dataset[by_caption[caption]][0]
+            images[p, 2] = data.dataset[(by_caption[caption] + 7) % len(data.dataset)][0]
+        return pipeline.Samples(images, torch.tensor([[0.1, 0.9, 0.2]]).repeat(len(captions), 1))
+
+    monkeypatch.setattr(pipeline, "generate", fake_generate)
+    report = evaluate(run, EvalOptions(num_prompts=12, samples_per_prompt=3))[0]
+    prompts = report["prompts"]
+    assert len(prompts) == 12 and sum(p["heldout"] for p in prompts) == 6
+    held = set(names_of(data, "holdout"))
+    seen = set(names_of(data, "train"))
+    for p in prompts:
+        name = data.dataset.emoji(by_caption[p["caption"]]).name
+        assert (name in held) if p["heldout"] else (name in seen)
+    for group in ("held_in", "held_out"):
+        part = report["groups"][group]
+        r = part["retrieval"]
+        assert part["prompts"] == 6 and r["first"] == {"top1": 0.0, "top5": 0.0}
+        assert r["reranked"]["top5"] == 1.0 and r["reranked"]["top1"] >= 5 / 6  # a look-alike may tie
+        assert r["intervals"]["reranked"]["top5"] == pytest.approx(list(wilson_interval(6, 6)))
+        assert part["clip_score"]["reranked"] == pytest.approx(0.9)
+        assert part["fid_clip"]["reranked"] == pytest.approx(0.0, abs=1e-6)  # the samples are the real glyphs
+    assert report["attributes"] is None and report["vae"]["attribute_agreement"] is None
+    assert len(by_caption) == len(pool.captions)  # first captions name one glyph each
+
+
+def make_random_run(config: Config, run: Path) -> None:
+    """A run directory of ``config`` with a tokenizer and randomly initialized vae, dalle and clip stages."""
+    from dalle_fast.checkpoint import Checkpoint, save_checkpoint
+    from dalle_fast.clip import CLIP
+    from dalle_fast.data.splits import dataset_captions, load_data
+    from dalle_fast.dvae import DiscreteVAE
+    from dalle_fast.model import DALLE
+    from dalle_fast.tokenizer import CaptionTokenizer
+
+    config.save(run)
+    captions = dataset_captions(load_data(config).train)
+    CaptionTokenizer.train(captions, config.transformer.text_vocab, config.transformer.text_len).save(run)
+    for stage, build in (("vae", DiscreteVAE), ("dalle", DALLE), ("clip", CLIP)):
+        save_checkpoint(run, stage, Checkpoint(3, build(config).state_dict(), {}, {"seconds": 0.0}))
 
 
 def test_render_time_and_sizes(rendered: tuple[emoji.EmojiSplits, float]) -> None:

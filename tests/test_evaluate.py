@@ -73,10 +73,15 @@ def test_report_schema_is_stable(report: dict, run: Path) -> None:
                 assert low <= part[kind][key] <= high
     assert [p["heldout"] for p in report["prompts"]].count(True) == 3
     assert report["fid"]["inception"] == {"first": None, "reranked": None} and report["fid"]["images"] == 5
+    for group, prompts in (("held_in", 2), ("held_out", 3)):
+        part = report["groups"][group]
+        assert part["prompts"] == prompts and part["retrieval"] is None  # no gallery on shapes
+        assert part["clip_score"]["reranked"] >= part["clip_score"]["first"]
     for name in report["plots"].values():
         assert Image.open(run / "eval" / name).format == "PNG"
     page = (run / "eval" / "report.md").read_text()
     assert "Reranking curve" in page and "rerank_curve.png" in page and "(held-out pair)" in page
+    assert "By group of prompts" in page and "top-1" not in page
 
 
 def test_report_numbers_are_consistent(report: dict) -> None:

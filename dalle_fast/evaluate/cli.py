@@ -81,6 +81,13 @@ def summary(report: dict) -> str:
     if fid["clip"]["reranked"] is not None:
         lines.append(f"FID on CLIP features ({fid['images']} images): first {fid['clip']['first']:.4f}, "
                      f"reranked {fid['clip']['reranked']:.4f}")
+    for group, part in (report["groups"] or {}).items():
+        if part is not None and part["retrieval"] is not None:
+            r, ci = part["retrieval"], part["retrieval"]["intervals"]
+            lines.append(f"{group} ({part['prompts']} prompts), own image retrieved by the CLIP-best sample: top-1 "
+                         f"{100 * r['reranked']['top1']:.1f}% (95% CI {100 * ci['reranked']['top1'][0]:.0f}-"
+                         f"{100 * ci['reranked']['top1'][1]:.0f}), top-5 {100 * r['reranked']['top5']:.1f}% "
+                         f"({100 * ci['reranked']['top5'][0]:.0f}-{100 * ci['reranked']['top5'][1]:.0f})")
     if report["attributes"] is not None:
         for group, part in report["attributes"].items():
             if part["prompts"]:

@@ -27,7 +27,7 @@ from ..run import UsageError, autocast
 from ..sampling import default_top_k
 from ..text_to_image import TextToImage
 from ..validation import transformer_losses, validate_vae
-from .data import EvalData, Prompts, choose_prompts, eval_data
+from .data import EvalData, PromptPool, Prompts, choose_prompts, eval_data
 from .inception import inception_features, load_inception
 from .metrics import (
     ALL,
@@ -39,9 +39,13 @@ from .metrics import (
     rerank_counts,
     rerank_curve,
     reranked,
+    retrieval_ranks,
+    share_intervals,
+    top_k_hits,
 )
 
 GROUPS = {"held_in": False, "held_out": True}  # report group -> heldout flag of its prompts
+RETRIEVAL_TOP = (1, 5)  # retrieval's hit counts: the own real image nearest, or among the 5 nearest
 SEED_STREAM = 0xE7A1  # tells the evaluation's sampling seeds apart from other streams of a seed
 
 
@@ -131,13 +135,13 @@ def fid_scores(real: torch.Tensor, first: torch.Tensor, best: torch.Tensor,
             "reranked": frechet_distance_of_features(embed(best), features)}
 
 
-def attribute_results(samples: Samples, prompts: Prompts, data: EvalData) -> tuple[dict[str, Any], dict[str, Any]]:
+def attribute_results(samples: Samples, prompts: Prompts, pool: PromptPool) -> tuple[dict[str, Any], dict[str, Any]]:
     """Shapes data: the ``attributes`` part of the report (per group of prompts, held-in and
     held-out: the prompt count, the per-attribute accuracy of the first and the CLIP-best
     sample, and their 95% Wilson intervals) and the ``rerank_curve`` part (accuracy on all four
     attributes of the CLIP-best of the first k samples, per group and over all prompts)."""
     p, s = samples.scores.shape
-    wanted = [data.attributes[i] for i in prompts.indices for _ in range(s)]
+    wanted = [pool.attributes[i] for i in prompts.indices for _ in range(s)]
     hits = attribute_hits(samples.images.flatten(0, 1), wanted).view(p, s, len(ATTRIBUTE_FIELDS) + 1)
     counts = rerank_counts(s)
     best = reranked(samples.scores, s)
@@ -160,6 +164,49 @@ def attribute_results(samples: Samples, prompts: Prompts, data: EvalData) -> tup
     return attributes, curve
 
 
+def group_results(samples: Samples, prompts: Prompts, pool: PromptPool, real: torch.Tensor,
+                  real_scores: torch.Tensor, embed: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, Any] | None:
+    """The ``groups`` part of the report when the prompts have groups (shapes, emoji; else None):
+    per group (held-in, held-out) its prompt count, the mean CLIP score of the first sample, the
+    CLIP-best and the real image, the FID on CLIP features of the first and CLIP-best samples
+    against the group's real images (``embed`` gives the features), and, when the pool has a
+    gallery, retrieval: the share of prompts whose own real image is the nearest (top-1) or
+    among the 5 nearest (top-5) of the whole gallery to the first / CLIP-best sample
+    (:func:`~.metrics.retrieval_ranks`), with 95% Wilson intervals. A group without prompts is
+    None."""
+    if prompts.heldout is None:
+        return None
+    rows = torch.arange(len(samples.images))
+    picked = {"first": samples.images[:, 0], "reranked": samples.images[rows, reranked(samples.scores,
+                                                                                        samples.scores.shape[1])]}
+    ranks = None
+    if pool.gallery is not None:
+        gallery = torch.stack([pool.gallery[i][0] for i in range(len(pool.gallery))])
+        targets = torch.tensor([pool.gallery_index[i] for i in prompts.indices], dtype=torch.int64)
+        ranks = {kind: retrieval_ranks(images, gallery, targets) for kind, images in picked.items()}
+    keys = [f"top{k}" for k in RETRIEVAL_TOP]
+    heldout = torch.tensor(prompts.heldout, dtype=torch.bool)
+    groups: dict[str, Any] = {}
+    for group, flag in GROUPS.items():
+        chosen = heldout == flag
+        if not chosen.any():
+            groups[group] = None
+            continue
+        part = {"prompts": int(chosen.sum()),
+                "clip_score": {"first": float(samples.scores[chosen, 0].mean()),
+                               "reranked": float(samples.scores[chosen].amax(dim=1).mean()),
+                               "real": float(real_scores[chosen].mean())},
+                "fid_clip": fid_scores(real[chosen], picked["first"][chosen], picked["reranked"][chosen], embed),
+                "retrieval": None}
+        if ranks is not None:
+            hits = {kind: top_k_hits(r[chosen], RETRIEVAL_TOP) for kind, r in ranks.items()}
+            part["retrieval"] = {**{kind: dict(zip(keys, h.double().mean(dim=0).tolist())) for kind, h in hits.items()},
+                                 "intervals": {kind: dict(zip(keys, map(list, share_intervals(h))))
+                                               for kind, h in hits.items()}}
+        groups[group] = part
+    return groups
+
+
 def evaluate(run_dir: Path, options: EvalOptions) -> tuple[dict[str, Any], Samples, torch.Tensor]:
     """Evaluate the run in ``run_dir``: the report (a dict of the keys :mod:`.report` documents),
     the samples, and the real images of the prompts (P, 3, H, W). Problems the user can fix
@@ -174,23 +221,26 @@ def evaluate(run_dir: Path, options: EvalOptions) -> tuple[dict[str, Any], Sampl
     if top_k > config.image_vocab:
         raise UsageError(f"--top-k: must be at most the codebook size {config.image_vocab}, got {top_k}")
     data = eval_data(config, options.split, options.images)
-    prompts = choose_prompts(data, options.num_prompts, config.data.holdout)
+    prompts = choose_prompts(data.pool, options.num_prompts)
     precision = autocast(config.train.precision, device)
     vae_metrics = validate_vae(pipeline.vae, data.dataset, data.attributes, options.batch_size, precision,
                                config.data.holdout).metrics
     losses = split_losses(pipeline, data, options.batch_size, precision)
     samples = generate(pipeline, prompts.captions, samples_per_prompt, options, top_k)
-    real = torch.stack([data.dataset[i][0] for i in prompts.indices])
+    real = torch.stack([data.pool.dataset[i][0] for i in prompts.indices])
     first, best = best_and_first(samples)
     reranker = pipeline.reranker
     with precision:
         real_scores = reranker.score(prompts.captions, real)
-    fid_clip = fid_scores(real, first, best, partial(reranker.features, batch_size=options.batch_size))
+    clip_features = partial(reranker.features, batch_size=options.batch_size)
+    fid_clip = fid_scores(real, first, best, clip_features)
     fid_inception = {"first": None, "reranked": None}
     if inception is not None:
         fid_inception = fid_scores(real, first, best, partial(inception_features, inception.to(device),
                                                               batch_size=options.batch_size))
-    attributes, curve = attribute_results(samples, prompts, data) if data.attributes is not None else (None, None)
+    attributes, curve = (attribute_results(samples, prompts, data.pool) if data.pool.attributes is not None
+                         else (None, None))
+    groups = group_results(samples, prompts, data.pool, real, real_scores, clip_features)
     report = {
         "run": str(run_dir), "preset": config.name, "dataset": config.data.dataset, "split": options.split,
         "data": data.description,
@@ -206,6 +256,7 @@ def evaluate(run_dir: Path, options: EvalOptions) -> tuple[dict[str, Any], Sampl
         "clip_score": {"first": float(samples.scores[:, 0].mean()),
                        "reranked": float(samples.scores.amax(dim=1).mean()), "real": float(real_scores.mean())},
         "fid": {"clip": fid_clip, "inception": fid_inception, "images": len(real)},
+        "groups": groups,
         "attributes": attributes,
         "rerank_curve": curve,
         "prompts": [{"caption": c, "heldout": None if prompts.heldout is None else prompts.heldout[k]}

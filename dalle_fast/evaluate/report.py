@@ -2,7 +2,8 @@
 (the same as a page to read), ``samples.png`` (prompts' real images, then their samples best
 first) and, on the shapes data, ``rerank_curve.png`` and ``attribute_accuracy.png``.
 
-``report.json`` schema (``format`` ``dalle_fast.evaluate/2``; /1 had no intervals). Every key is always present; a
+``report.json`` schema (``format`` ``dalle_fast.evaluate/2``; /1 had no intervals and no ``groups``).
+Every key is always present; a
 value that does not apply is ``null``. Shares are in [0, 1]; losses in nats unless named bits.
 
 - ``format``, ``run`` (run directory), ``preset`` (config name), ``dataset`` (``"shapes"`` or the
@@ -24,6 +25,15 @@ value that does not apply is ``null``. Shares are in [0, 1]; losses in nats unle
   Inception pool3 features (null without ``--inception-weights``; all null under 2 prompts);
   ``images``: how many images each set holds. With few prompts FID is biased upward: compare
   values only at equal ``images``.
+- ``groups`` (data with held-out compositions, shapes and emoji; else null): ``held_in`` and
+  ``held_out`` (on emoji: prompts of names seen in training and of held-out names), each null
+  without prompts, else ``{"prompts": n, "clip_score": {"first", "reranked", "real"},
+  "fid_clip": {"first", "reranked"}, "retrieval": r}``: the group's mean CLIP scores, its FID on
+  CLIP features (null under 2 prompts) and, where the data has a gallery of every real image
+  (emoji), ``r`` = ``{"first": {"top1", "top5"}, "reranked": {"top1", "top5"}, "intervals":
+  {"first": ci, "reranked": ci}}``, the share of prompts whose own real image is the nearest /
+  among the 5 nearest of the whole gallery to the sample in 16x16 RGB pixels, ``ci`` their 95%
+  Wilson intervals ``[low, high]`` (``r`` null without a gallery).
 - ``attributes`` (shapes data; else null): ``held_in`` and ``held_out`` (prompts of (color,
   shape) pairs seen in training and held out of it), each ``{"prompts": n, "first": acc,
   "reranked": acc, "intervals": {"first": ci, "reranked": ci}}`` with ``acc`` = ``{"size",
@@ -60,7 +70,7 @@ LABELS = {"held_in": "held-in", "held_out": "held-out", ALL: "all prompts"}
 
 # The keys of report.json, in order, and of its sections (schema-stable: tests pin them).
 KEYS = ("format", "run", "preset", "dataset", "split", "data", "settings", "vae", "transformer", "clip_score",
-        "fid", "attributes", "rerank_curve", "prompts", "plots", "seconds")
+        "fid", "groups", "attributes", "rerank_curve", "prompts", "plots", "seconds")
 SECTION_KEYS = {
     "settings": ("seed", "num_prompts", "samples_per_prompt", "temperature", "top_k", "inception_weights", "device",
                  "reranker"),
@@ -68,6 +78,7 @@ SECTION_KEYS = {
     "transformer": ("text_loss", "image_loss", "image_bits_per_token"),
     "clip_score": ("first", "reranked", "real"),
     "fid": ("clip", "inception", "images"),
+    "groups": tuple(GROUPS),
     "attributes": tuple(GROUPS),
     "rerank_curve": ("samples", *GROUPS, ALL),
     "plots": tuple(PLOTS),
@@ -127,6 +138,30 @@ def _share_with_interval(value: float | None, interval: list[float] | None) -> s
     return f"{100 * value:.1f}% ({100 * interval[0]:.0f}-{100 * interval[1]:.0f})"
 
 
+def group_table(groups: dict[str, Any]) -> list[str]:
+    """The lines of ``report.md``'s table of the ``groups`` part: CLIP scores, CLIP FID and, with a
+    gallery, retrieval top-1 / top-5 of the first and the CLIP-best sample, per group."""
+    retrieval = any(part is not None and part["retrieval"] is not None for part in groups.values())
+    head = "| prompts | CLIP score first / reranked / real | FID, CLIP features, first / reranked |"
+    lines = ["## By group of prompts", ""]
+    if retrieval:
+        lines += ["Retrieval: the share of prompts whose own real image is the nearest (top-1) or among the 5 "
+                  "nearest (top-5) of every real image to the sample, in 16x16 RGB pixels; 95% Wilson intervals.", ""]
+        head += " top-1 first | top-1 reranked | top-5 first | top-5 reranked |"
+    lines += [head, "|---|---|---|" + ("---|" * 4 if retrieval else "")]
+    for group, part in groups.items():
+        if part is None:
+            continue
+        clip, fid, r = part["clip_score"], part["fid_clip"], part["retrieval"]
+        row = (f"| {LABELS[group]} ({part['prompts']}) | {_number(clip['first'])} / {_number(clip['reranked'])} / "
+               f"{_number(clip['real'])} | {_number(fid['first'], 4)} / {_number(fid['reranked'], 4)} |")
+        if retrieval:
+            row += "".join(f" {_share_with_interval(r[kind][key], r['intervals'][kind][key])} |"
+                           for key in ("top1", "top5") for kind in ("first", "reranked"))
+        lines.append(row)
+    return [*lines, ""]
+
+
 def markdown(report: dict[str, Any]) -> str:
     """``report.md``: the report as a page (tables of the same numbers as report.json)."""
     s, vae, tf, clip, fid = (report[k] for k in ("settings", "vae", "transformer", "clip_score", "fid"))
@@ -150,6 +185,8 @@ def markdown(report: dict[str, Any]) -> str:
         (f"| FID, Inception ({fid['images']} images) | first / reranked | {_number(fid['inception']['first'], 2)} / "
          f"{_number(fid['inception']['reranked'], 2)} |"), "",
     ]
+    if report["groups"] is not None:
+        lines += group_table(report["groups"])
     if report["attributes"] is not None:
         lines += ["## Attribute accuracy (shapes reader)", "",
                   "Each share with its 95% Wilson interval over the group's prompts.", "",
