@@ -72,8 +72,10 @@ def precision_policy(bf16: bool) -> MixedPrecisionPolicy:
     """FSDP2's precision for a run that computes in bf16 or not (``bf16``, from
     :func:`dalle_fast.device.uses_bf16`): parameters gathered in bf16 for the forward and the
     backward, gradients reduced (and kept, sharded) in float32; otherwise float32 throughout.
-    Inputs are never cast (autocast picks each op's dtype, as without FSDP: the residual stream
-    and the images stay float32)."""
+    The modules' inputs are not cast (``cast_forward_inputs=False``): the images reach the dVAE
+    and CLIP in float32 and autocast picks each op's dtype; what the bf16 parameters compute is
+    bf16, the embeddings included, so the transformers' residual streams are bf16 under FSDP
+    (float32 under DDP's autocast). The weights the optimizer steps stay float32."""
     if bf16:
         return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32,
                                     cast_forward_inputs=False)
