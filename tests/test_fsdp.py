@@ -5,7 +5,9 @@
 - the vae and clip stages, whose batch-wide loss terms and random draws differ from a single
   process's by design, get the gradients of DDP with two processes: the vae's decoder fine-tuning
   (the encoder gets no gradient) and the 0-dimensional logit scale of CLIP (which FSDP2 cannot
-  shard, so every process holds it whole) included;
+  shard, so every process holds it whole) included; with ``precision = "bf16"`` (a GPU's
+  ``"auto"``) the units compute with bf16 parameters, the gradients are reduced and kept in
+  float32, and the optimizer's weights stay float32;
 - a two-process run killed in the middle of the dalle stage resumes, under torchrun, to the very
   weights and records of the uninterrupted run;
 - the sharded state is committed atomically: a crash while it is written, or after it is
@@ -45,7 +47,9 @@ from dalle_fast.run import UsageError, load_tokenizer
 from dalle_fast.train import train
 from dalle_fast.train.clip import CLIPTrainer
 from dalle_fast.train.loader import train_loader
+from dalle_fast.train.loop import StageTrainer
 from dalle_fast.train.vae import VAETrainer
+from dalle_fast.units import Unit
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 8  # global: 4 per process, in 2 micro-batches of 2 for the dalle stage
@@ -119,20 +123,45 @@ def single_dalle(without_dalle: Path) -> Path:
     return run_dir
 
 
-def first_gradients(run_dir: Path, stage: str, parallel: str, step: int) -> dict[str, torch.Tensor]:
-    """Every parameter's whole gradient (after averaging and clipping; None for a parameter
-    without one) in update ``step`` of ``stage`` (vae or clip) of the run in ``run_dir``, on the
-    run's first batch, under ``train.parallel = parallel``, in this process's group."""
+def first_update(run_dir: Path, stage: str, step: int, **train: str) -> StageTrainer:
+    """The trainer of ``stage`` (vae or clip) of the run in ``run_dir``, with the ``train``
+    settings changed, after its update ``step`` on the run's first batch, in this process's group."""
     config = Config.load(run_dir)
-    config = dataclasses.replace(config, train=dataclasses.replace(config.train, parallel=parallel))
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, **train))
     data = load_data(config)
     trainer = (VAETrainer(config, run_dir, data) if stage == "vae" else
                CLIPTrainer(config, run_dir, data, load_tokenizer(config, run_dir)))
     batch = next(iter(train_loader(trainer.data.train, BATCH, config.train.seed, 0, 0, trainer.world.rank,
                                    trainer.world.size)))
     trainer.update(batch, trainer.settings(step))
+    return trainer
+
+
+def first_gradients(run_dir: Path, stage: str, parallel: str, step: int) -> dict[str, torch.Tensor | None]:
+    """Every parameter's whole gradient (after averaging and clipping; None for a parameter
+    without one) in :func:`first_update` under ``train.parallel = parallel``."""
+    trainer = first_update(run_dir, stage, step, parallel=parallel)
     return {name: p.grad.full_tensor() if isinstance(p.grad, DTensor) else p.grad
             for name, p in trainer.model.named_parameters()}
+
+
+def bf16_dtypes(run_dir: Path) -> dict[str, set[torch.dtype]]:
+    """The dtypes of a clip update under FSDP with ``train.precision = "bf16"``: of the units'
+    parameters in the forward, and of the weights and gradients the optimizer steps."""
+    seen: set[torch.dtype] = set()
+    original = Unit.run
+
+    def run(unit: Unit, compute, *args):
+        seen.update(p.dtype for p in unit.parameters())
+        return original(unit, compute, *args)
+
+    Unit.run = run
+    try:
+        trainer = first_update(run_dir, "clip", 0, parallel="fsdp", precision="bf16")
+    finally:
+        Unit.run = original
+    params = list(trainer.model.parameters())
+    return {"forward": seen, "weights": {p.dtype for p in params}, "gradients": {p.grad.dtype for p in params}}
 
 
 UPDATES = (("vae", 0), ("vae", 1), ("clip", 0))  # vae update 1 fine-tunes the decoder alone
@@ -140,13 +169,14 @@ UPDATES = (("vae", 0), ("vae", 1), ("clip", 0))  # vae update 1 fine-tunes the d
 
 def _gradients_worker(rank: int, run_dir: Path, port: int) -> None:
     """Process ``rank`` of 2: :func:`first_gradients` of each of ``UPDATES`` under DDP and FSDP,
-    saved by rank 0."""
+    and :func:`bf16_dtypes`, saved by rank 0."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE="2")
     torch.set_num_threads(1)
     with process_group():
         gradients = {(parallel, stage, step): first_gradients(run_dir, stage, parallel, step)
                      for parallel in ("ddp", "fsdp") for stage, step in UPDATES}
+        gradients["bf16"] = bf16_dtypes(run_dir)
     if rank == 0:
         torch.save(gradients, run_dir / "gradients.pt")
 
@@ -209,6 +239,9 @@ def test_fsdp_gives_the_gradients_of_ddp_in_the_vae_and_clip_stages(tokenized: P
     assert all(g is None for name, g in decoder_only.items() if name.startswith("encoder."))
     assert all(g is not None for name, g in decoder_only.items() if name.startswith("decoder."))
     assert gradients[("fsdp", "clip", 0)]["logit_scale"].abs() > 0
+    # bf16 compute: the units gathered in bf16 for the forward; float32 weights and gradients
+    assert gradients["bf16"] == {"forward": {torch.bfloat16}, "weights": {torch.float32},
+                                 "gradients": {torch.float32}}
 
 
 def test_a_killed_fsdp_run_resumes_to_the_uninterrupted_run(tokenized: Path, fsdp_run: Path) -> None:
