@@ -97,7 +97,7 @@ def resume_config(section: str) -> Config:
 def check_exact_resume(config: Config, stage: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                        module: ModuleType, schedule: str, before: tuple[str, ...] = ()) -> Checkpoint:
     """Train ``stage`` of ``config`` (a :func:`resume_config`) straight through; then again in
-    another run directory, crashing in update 6 (``module.schedule(settings, step)`` raises for
+    another run directory, crashing in update 6 (``module.schedule(settings, step, ...)`` raises for
     step 6, after the step-4 checkpoint and the step-6 log line), and resume it. Asserts that
     the resumed run ends with the same checkpoint, bit for bit, and the same metrics. The stages
     ``before`` are run first in both directories. Returns the final checkpoint."""
@@ -108,10 +108,10 @@ def check_exact_resume(config: Config, stage: str, tmp_path: Path, monkeypatch: 
 
     original = getattr(module, schedule)
 
-    def crashing(settings, step):
+    def crashing(settings, step, *rest):
         if step == 6:
             raise RuntimeError("simulated crash")
-        return original(settings, step)
+        return original(settings, step, *rest)
 
     resumed = tmp_path / "resumed"
     with monkeypatch.context() as patch:

@@ -1,13 +1,15 @@
 """Schedules: the cosine, the learning rate with warmup, and the dVAE's tau / KL weight / lr,
-against closed-form values and the paper's numbers (Ramesh et al. 2021, appendix A.2)."""
+against closed-form values and the paper's numbers (Ramesh et al. 2021, appendix A.2); the
+plateau halving of B.2 on constructed loss curves."""
 import dataclasses
 import itertools
+import json
 import math
 
 import pytest
 
-from dalle_fast.config import preset
-from dalle_fast.schedules import cosine, learning_rate, vae_schedule
+from dalle_fast.config import OptimConfig, preset
+from dalle_fast.schedules import PlateauHalving, cosine, learning_rate, vae_schedule
 
 
 def test_cosine_endpoints_and_middle():
@@ -89,3 +91,58 @@ def test_bad_steps_raise(step, error):
 def test_negative_total_raises():
     with pytest.raises(ValueError, match="total"):
         cosine(1.0, 0.0, 0, -1)
+
+
+def plateau_optim(**changes) -> OptimConfig:
+    return OptimConfig(**{"steps": 1000, "batch_size": 8, "lr": 1e-3, "warmup_fraction": 0.1, "lr_schedule": "plateau",
+                          "plateau_window": 4, "plateau_threshold": 0.05, "plateau_halvings": 2, **changes})
+
+
+def test_plateau_learning_rate_holds_then_halves():
+    optim = plateau_optim()
+    assert learning_rate(optim, 0) == pytest.approx(1e-5)  # the same warmup as the cosine
+    assert learning_rate(optim, 99) == pytest.approx(1e-3)
+    assert learning_rate(optim, 100) == learning_rate(optim, 999) == 1e-3  # held, no cosine
+    assert learning_rate(optim, 500, halvings=3) == pytest.approx(1e-3 / 8)
+    assert learning_rate(optim, 50, halvings=3) == pytest.approx(learning_rate(optim, 50))  # warmup ignores it
+    cosine_optim = dataclasses.replace(optim, lr_schedule="cosine")
+    assert learning_rate(cosine_optim, 999, halvings=3) == learning_rate(cosine_optim, 999) < 1e-3
+
+
+def test_plateau_halving_on_constructed_losses():
+    halving = PlateauHalving(plateau_optim())
+    improving = [4.0, 4.2, 3.8, 4.0, 3.0, 3.2, 2.8, 3.0]  # window means 4.0, then 3.0: 25% better
+    assert [halving.observe(x) for x in improving] == [False] * 8 and halving.halvings == 0
+    flat = [2.95, 3.05, 2.9, 3.1]  # mean 3.0: not 5% below the best 3.0 -> a plateau, at its last loss
+    assert [halving.observe(x) for x in flat] == [False, False, False, True] and halving.halvings == 1
+    # after a halving the best restarts: the next window sets it, whatever its level
+    assert [halving.observe(x) for x in [3.5] * 4] == [False] * 4 and halving.best == 3.5
+    assert [halving.observe(x) for x in [3.4] * 4][-1] is True and halving.halvings == 2
+    for x in [3.3] * 4 + [3.3] * 4:  # the limit of 2 halvings is reached: no more
+        assert halving.observe(x) is False
+    assert halving.halvings == 2
+    assert learning_rate(plateau_optim(), 500, halving.halvings) == pytest.approx(2.5e-4)
+
+
+def test_plateau_halving_resumes_from_its_state():
+    losses = [5, 4, 4.1, 3.9, 4, 4, 4, 4, 3, 3.1, 2.9, 3, 3, 3, 3.01, 2.99, 3, 3]
+    whole = PlateauHalving(plateau_optim())
+    decisions = [whole.observe(x) for x in losses]
+    first = PlateauHalving(plateau_optim())
+    head = [first.observe(x) for x in losses[:6]]  # stopped inside a window
+    resumed = PlateauHalving(plateau_optim())
+    resumed.restore(json.loads(json.dumps(first.state())))  # through the checkpoint's JSON
+    assert head + [resumed.observe(x) for x in losses[6:]] == decisions and resumed.state() == whole.state()
+    assert sum(decisions) >= 1
+
+
+def test_plateau_config_checks_and_the_paper_preset():
+    for field, value in [("plateau_window", 0), ("plateau_threshold", 1.0), ("plateau_threshold", -0.1),
+                         ("plateau_halvings", -1), ("lr_schedule", "step")]:
+        with pytest.raises(ValueError, match=field):
+            plateau_optim(**{field: value})
+    with pytest.raises(ValueError, match="loss"):
+        PlateauHalving(plateau_optim()).observe(float("nan"))
+    paper = preset("paper").transformer.optim
+    assert paper.lr_schedule == "plateau" and paper.plateau_halvings == 5  # B.2: lr ends 32x lower
+    assert preset("demo").transformer.optim.lr_schedule == "cosine"

@@ -248,6 +248,24 @@ def test_dalle_resume_after_a_crash_reproduces_the_uninterrupted_run(tmp_path: P
     assert not torch.equal(model.image_embedding.weight, final.weights["image_embedding.weight"])
 
 
+def test_plateau_schedule_halves_the_rate_in_training_and_resumes_where_it_stood(tmp_path: Path,
+                                                                                 monkeypatch) -> None:
+    # Windows of one logged loss that must beat the best by half: every second window is a
+    # plateau, so the rate halves after the records of steps 4 and 8; the crash in update 6 comes
+    # after the halving at step 4, which the step-4 checkpoint must carry.
+    config = resume_config("transformer")
+    optim = dataclasses.replace(config.transformer.optim, lr_schedule="plateau", warmup_fraction=0.0,
+                                plateau_window=1, plateau_threshold=0.5)
+    config = dataclasses.replace(
+        config, vae=dataclasses.replace(config.vae, optim=dataclasses.replace(config.vae.optim, steps=2)),
+        transformer=dataclasses.replace(config.transformer, optim=optim))
+    final = check_exact_resume(config, "dalle", tmp_path, monkeypatch, dalle_fast.train.loop, "learning_rate",
+                               before=("tokenizer", "vae"))
+    rates = [r["lr"] for r in records(tmp_path / "straight", "dalle") if r["split"] == "train"]
+    assert rates == [optim.lr, optim.lr, optim.lr / 2, optim.lr / 2]  # steps 2, 4, 6, 8
+    assert final.meta["plateau"]["halvings"] == 2
+
+
 def test_dalle_without_a_trained_vae_says_to_train_it(tmp_path: Path, capsys) -> None:
     run_stages(preset("tiny"), tmp_path, ("tokenizer",))
     with pytest.raises(SystemExit) as exit_info:

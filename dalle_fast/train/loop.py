@@ -11,7 +11,9 @@ validated (:meth:`~StageTrainer.evaluate`).
 Every ``log_every`` steps a train record goes to ``metrics.jsonl``; every ``eval_every`` steps
 (and at the end) a val record; every ``checkpoint_every`` steps (and at the end) a checkpoint.
 A checkpoint holds everything the rest of the run depends on: weights (EMA weights under
-``ema.`` when enabled), AdamW moments, the RNG states, and the data position (samples consumed
+``ema.`` when enabled), AdamW moments, the RNG states, the plateau schedule's state
+(``optim.lr_schedule = "plateau"``: the logged training losses after the warmup decide its
+halvings, :class:`~dalle_fast.schedules.PlateauHalving`), and the data position (samples consumed
 from the :class:`~.loader.IndexStream`), so that resuming from it reproduces the uninterrupted run
 bit for bit, metrics included (except wall-clock seconds). Records and sample grids also go to
 TensorBoard when it is installed (:mod:`.tensorboard`); ``metrics.jsonl`` stays the record.
@@ -72,7 +74,7 @@ from ..data.splits import TrainData
 from ..device import autocast, barrier, is_main, mean_over_ranks, pick_device, uses_bf16, world
 from ..ema import EMA
 from ..errors import UsageError
-from ..schedules import learning_rate
+from ..schedules import PlateauHalving, fraction_of, learning_rate
 from ..units import set_checkpointing
 from .loader import train_loader
 from .log import MetricsLog
@@ -125,6 +127,7 @@ class StageTrainer(ABC):
         self.distributed = self.wrap_distributed() if self.world.size > 1 else None
         self.optimizer = make_optimizer(self.parameters(), optim)
         self.ema = EMA(self.model, optim.ema_decay) if optim.ema_decay else None
+        self.plateau = PlateauHalving(optim) if optim.lr_schedule == "plateau" else None
         self.log = MetricsLog(run_dir)
         self.board: Board | None = None  # while training
         self.step, self.samples_seen = 0, 0  # optimizer steps done; position in the train data stream
@@ -170,8 +173,13 @@ class StageTrainer(ABC):
 
     def settings(self, step: int) -> NamedTuple:
         """The scheduled values of update ``step`` (0-based); must have ``lr``. Default: the
-        warmup + cosine learning rate of ``self.optim``."""
-        return LearningRate(learning_rate(self.optim, step))
+        warmup + cosine (or plateau) learning rate of ``self.optim``."""
+        return LearningRate(learning_rate(self.optim, step, self.halvings()))
+
+    def halvings(self) -> int:
+        """How many times the plateau schedule has halved the learning rate so far (0 unless
+        ``optim.lr_schedule = "plateau"``)."""
+        return 0 if self.plateau is None else self.plateau.halvings
 
     def parameters(self) -> Iterable[nn.Parameter] | Iterable[dict[str, Any]]:
         """What the optimizer trains (parameters or parameter groups). Default: every parameter."""
@@ -267,6 +275,8 @@ class StageTrainer(ABC):
         if metrics is not None:
             record = {**mean_over_ranks(metrics, self.device), **settings._asdict()}
             self.append("train", record)
+            if self.plateau is not None and self.step > fraction_of(self.optim.steps, self.optim.warmup_fraction):
+                self.plateau.observe(record["loss"])  # the same mean on every process; judged after the warmup
             progress.set_postfix({key: f"{record[key]:.4g}" for key in self.shown})
         evaluating = self.step % train.eval_every == 0 or last
         saving = self.step % train.checkpoint_every == 0 or last
@@ -344,7 +354,8 @@ class StageTrainer(ABC):
         optimizer_tensors, param_groups = optimizer_state(self.optimizer) if sharded is None else ({}, None)
         rng_tensors, rng_meta = rng_state()
         meta = {"samples_seen": self.samples_seen, "dataset_size": len(self.data.train),
-                "seconds": self.seconds(), "param_groups": param_groups, "rng": rng_meta}
+                "seconds": self.seconds(), "param_groups": param_groups, "rng": rng_meta,
+                "plateau": None if self.plateau is None else self.plateau.state()}
         return Checkpoint(self.step, weights, {**optimizer_tensors, **rng_tensors}, meta, sharded)
 
     def restore(self, checkpoint: Checkpoint) -> None:
@@ -360,6 +371,8 @@ class StageTrainer(ABC):
             self.ema.model.load_state_dict({name.removeprefix(EMA_PREFIX): t for name, t in weights.items()
                                             if name.startswith(EMA_PREFIX)})
         set_rng_state(checkpoint.state, meta["rng"])
+        if self.plateau is not None:
+            self.plateau.restore(meta["plateau"])
         if meta["dataset_size"] != len(self.data.train):
             warnings.warn(f"the train data had {meta['dataset_size']} items at step {checkpoint.step} and has "
                           f"{len(self.data.train)} now: the data order will differ from the original run's",

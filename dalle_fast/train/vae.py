@@ -52,7 +52,7 @@ class VAETrainer(StageTrainer):
         return DiscreteVAE(self.config)
 
     def settings(self, step: int) -> VAESchedule:
-        return vae_schedule(self.config.vae, step)
+        return vae_schedule(self.config.vae, step, self.halvings())
 
     def updates_skip_parameters(self) -> bool:
         """The encoder gets no gradient while the decoder is fine-tuned."""
