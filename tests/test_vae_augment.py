@@ -78,16 +78,19 @@ def augmented(config, shift: int, probability: float):
 
 
 def test_the_trainer_trains_on_augmented_images(tmp_path: Path) -> None:
-    """The same seeded run, with and without composites: the first update's loss differs."""
+    """The same seeded one-step run, plain and with each augmentation (composites, the paper's
+    crop and flip): every first loss differs from the others."""
     config = preset("tiny")
     config = dataclasses.replace(config, vae=dataclasses.replace(
-        config.vae, optim=dataclasses.replace(config.vae.optim, steps=1)),
+        config.vae, optim=dataclasses.replace(config.vae.optim, steps=1), augment_shift=0, augment_composite=0.0),
         train=dataclasses.replace(config.train, log_every=1))
+    variants = {"plain": {}, "composited": {"augment_composite": 1.0}, "cropped": {"augment_crop": 0.5},
+                "flipped": {"augment_flip": True}}
     losses = []
-    for name, probability in (("plain", 0.0), ("composited", 1.0)):
-        train(augmented(config, 0, probability), tmp_path / name, "vae")
+    for name, changes in variants.items():
+        train(dataclasses.replace(config, vae=dataclasses.replace(config.vae, **changes)), tmp_path / name, "vae")
         losses.append([r["loss"] for r in records(tmp_path / name, "vae") if r["split"] == "train"])
-    assert len(losses[0]) == len(losses[1]) == 1 and losses[0] != losses[1]
+    assert all(len(loss) == 1 for loss in losses) and len({loss[0] for loss in losses}) == len(variants)
 
 
 def test_resume_with_augmentation_reproduces_the_uninterrupted_run(tmp_path: Path, monkeypatch) -> None:
