@@ -7,9 +7,10 @@ import dataclasses
 import io
 import json
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 import torch
@@ -94,6 +95,16 @@ def resume_config(section: str) -> Config:
         train=dataclasses.replace(config.train, log_every=2, eval_every=4, checkpoint_every=4))
 
 
+def crashing_at(step: int, schedule: Callable[..., Any]) -> Callable[..., Any]:
+    """``schedule`` (called as ``schedule(settings, step, ...)``), but raising ``RuntimeError("simulated
+    crash")`` for ``step``: a stage that crashes in that update."""
+    def crashing(settings: Any, at: int, *rest: Any) -> Any:
+        if at == step:
+            raise RuntimeError("simulated crash")
+        return schedule(settings, at, *rest)
+    return crashing
+
+
 def check_exact_resume(config: Config, stage: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                        module: ModuleType, schedule: str, before: tuple[str, ...] = ()) -> Checkpoint:
     """Train ``stage`` of ``config`` (a :func:`resume_config`) straight through; then again in
@@ -106,16 +117,9 @@ def check_exact_resume(config: Config, stage: str, tmp_path: Path, monkeypatch: 
             train(config, run_dir, name)
     train(config, tmp_path / "straight", stage)
 
-    original = getattr(module, schedule)
-
-    def crashing(settings, step, *rest):
-        if step == 6:
-            raise RuntimeError("simulated crash")
-        return original(settings, step, *rest)
-
     resumed = tmp_path / "resumed"
     with monkeypatch.context() as patch:
-        patch.setattr(module, schedule, crashing)
+        patch.setattr(module, schedule, crashing_at(6, getattr(module, schedule)))
         with pytest.raises(RuntimeError, match="simulated crash"):
             train(config, resumed, stage)
     assert load_checkpoint(resumed, stage).step == 4

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from stage_runs import one_thread, records  # noqa: F401 - a fixture
+from stage_runs import crashing_at, one_thread, records  # noqa: F401 - a fixture
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import dalle_fast.train.tensorboard as tensorboard
@@ -52,15 +52,8 @@ def events(run_dir: Path, stage: str) -> EventAccumulator:
 def test_the_events_hold_the_records_and_sample_grids_of_a_resumed_stage(tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     config, run_dir = tiny_config(), tmp_path / "run"
-    original = dalle_fast.train.vae.vae_schedule
-
-    def crashing(settings, step):
-        if step == 3:
-            raise RuntimeError("simulated crash")
-        return original(settings, step)
-
     with monkeypatch.context() as patch:
-        patch.setattr(dalle_fast.train.vae, "vae_schedule", crashing)
+        patch.setattr(dalle_fast.train.vae, "vae_schedule", crashing_at(3, dalle_fast.train.vae.vae_schedule))
         with pytest.raises(RuntimeError, match="simulated crash"):
             train(config, run_dir, "vae")
     assert load_checkpoint(run_dir, "vae").step == 2 and records(run_dir, "vae")[-1]["step"] == 3

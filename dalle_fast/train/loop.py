@@ -118,6 +118,7 @@ class StageTrainer(ABC):
         self.local_batch_size = self.micro_batch_size * optim.accumulation  # this process's slice of a batch
         self.fsdp = config.train.parallel == "fsdp"  # sharded checkpoints, and sharding under torchrun
         self.sharded = self.fsdp and self.world.size > 1
+        self.plateau = PlateauHalving(optim) if optim.lr_schedule == "plateau" else None  # before settings()
         seed_everything(config.train.seed)
         model = self.build_model()
         self.whole_copy = copy.deepcopy(model).to("meta") if self.sharded and is_main() else None  # for evaluation
@@ -127,7 +128,6 @@ class StageTrainer(ABC):
         self.distributed = self.wrap_distributed() if self.world.size > 1 else None
         self.optimizer = make_optimizer(self.parameters(), optim)
         self.ema = EMA(self.model, optim.ema_decay) if optim.ema_decay else None
-        self.plateau = PlateauHalving(optim) if optim.lr_schedule == "plateau" else None
         self.log = MetricsLog(run_dir)
         self.board: Board | None = None  # while training
         self.step, self.samples_seen = 0, 0  # optimizer steps done; position in the train data stream
