@@ -54,13 +54,17 @@ def fraction_of(steps: int, fraction: float) -> int:
     return round(fraction * steps)
 
 
+def warmup_steps(optim: OptimConfig) -> int:
+    """The updates of ``optim``'s linear warmup: ``warmup_fraction`` of ``steps``."""
+    return fraction_of(optim.steps, optim.warmup_fraction)
+
+
 def learning_rate(optim: OptimConfig, step: int, halvings: int = 0) -> float:
     """Learning rate of update ``step``: a linear warmup over ``W = warmup_fraction * steps``
     updates (``lr * (step + 1) / W``), then under ``lr_schedule = "cosine"`` a cosine from ``lr``
     at step ``W`` to ``lr_min`` at ``steps``; under ``"plateau"``, ``lr / 2**halvings`` (the
     ``halvings`` a :class:`PlateauHalving` has made so far)."""
-    step = _check_step(step)
-    warmup = fraction_of(optim.steps, optim.warmup_fraction)
+    step, warmup = _check_step(step), warmup_steps(optim)
     if step < warmup:
         return optim.lr * (step + 1) / warmup
     if optim.lr_schedule == "plateau":

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from dalle_fast.checkpoint import load_checkpoint
 from dalle_fast.config import Config, preset
 from dalle_fast.config.presets import with_dataset
 from dalle_fast.train import train
+from dalle_fast.train.log import MetricsLog
 
 # Each variant: what it changes in the demo preset's VAEConfig on emoji.
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -41,8 +42,7 @@ def variant_config(changes: dict[str, Any], steps: int) -> Config:
 
 def last_val(run_dir: Path) -> dict[str, Any]:
     """The vae stage's last val record in ``run_dir``'s ``metrics.jsonl``."""
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in records if r["stage"] == "vae" and r["split"] == "val"][-1]
+    return [r for r in MetricsLog(run_dir).records() if r["stage"] == "vae" and r["split"] == "val"][-1]
 
 
 def main() -> None:
@@ -53,9 +53,9 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     for name, changes in VARIANTS.items():
-        run_dir = args.out / name.replace(" ", "_").replace("(", "").replace(")", "").replace("'", "")
-        done = (run_dir / "metrics.jsonl").exists() and load_checkpoint(run_dir, "vae") is not None \
-            and load_checkpoint(run_dir, "vae").step == args.steps
+        run_dir = args.out / re.sub(r"[^\w.+-]+", "_", name).strip("_")
+        checkpoint = load_checkpoint(run_dir, "vae") if run_dir.exists() else None
+        done = checkpoint is not None and checkpoint.step == args.steps
         if not done and (args.only is None or name in args.only):
             train(variant_config(changes, args.steps), run_dir, "vae", resume=run_dir.exists())
             done = True

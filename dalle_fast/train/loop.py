@@ -74,7 +74,7 @@ from ..data.splits import TrainData
 from ..device import autocast, barrier, is_main, mean_over_ranks, pick_device, uses_bf16, world
 from ..ema import EMA
 from ..errors import UsageError
-from ..schedules import PlateauHalving, fraction_of, learning_rate
+from ..schedules import PlateauHalving, learning_rate, warmup_steps
 from ..units import set_checkpointing
 from .loader import train_loader
 from .log import MetricsLog
@@ -275,7 +275,7 @@ class StageTrainer(ABC):
         if metrics is not None:
             record = {**mean_over_ranks(metrics, self.device), **settings._asdict()}
             self.append("train", record)
-            if self.plateau is not None and self.step > fraction_of(self.optim.steps, self.optim.warmup_fraction):
+            if self.plateau is not None and self.step > warmup_steps(self.optim):
                 self.plateau.observe(record["loss"])  # the same mean on every process; judged after the warmup
             progress.set_postfix({key: f"{record[key]:.4g}" for key in self.shown})
         evaluating = self.step % train.eval_every == 0 or last
