@@ -236,8 +236,10 @@ def sparse_attention_plans(subset: str) -> list[Plan]:
         backward(ops.sparse_attention(q, k, v, mask))
 
     shapes = [(256, 32, 11, 64, 64, 8, 16), (9, 5, 3, 16, 16, 2, 3), (13, 6, 5, 16, 24, 2, 2), (5, 5, 3, 16, 1, 1, 2)]
-    # The rule: BLOCK = mask.block (16, 32, 64, 128) x BLOCK_D = pow2(head dim) >= 16; 4 or 8 warps; 2 stages
-    # unless float32. All 16, conv (the most mask arithmetic), plus head dim 80 (padded to 128).
+    # The rule: BLOCK_D = pow2(head dim) >= 16; BLOCK = mask.block (16, 32, 64, 128) up to 64 positions and
+    # 64 x 64 elements (float32: 32 and 32 x 32), SPLIT = mask.block // BLOCK; 4 or 8 warps; 2 stages unless
+    # float32. All 16 (mask block, head dim) pairs in both dtypes, conv (the most mask arithmetic), plus head
+    # dim 80 (padded to 128).
     sweep = [(16, 16, 11, 64, 80, 1, 1)]
     sweep += [(16, 16, 11, block, head_dim, 1, 1) for block in (16, 32, 64, 128) for head_dim in (16, 32, 64, 128)]
 
@@ -249,15 +251,8 @@ def sparse_attention_plans(subset: str) -> list[Plan]:
              for shape, kind, dtype in combine(subset, shapes, list(KINDS), [BF16, F32, F16])]
     plans += [Plan("sparse_attention", "settings", f"{name(shape)} conv {short(dtype)} +bwd",
                    functools.partial(call, *shape, "conv", dtype))
-              for shape, dtype in sweep_combos(subset, sweep) if dtype != F32 or fp32_tile_compiled(*shape[3:5])]
+              for shape, dtype in sweep_combos(subset, sweep)]
     return plans
-
-
-def fp32_tile_compiled(block: int, head_dim: int) -> bool:
-    """float32 attention is compiled up to 64 x 64 tiles. Its dots run on FMA units (input_precision
-    "ieee"), and larger tiles spill tens of kilobytes and keep ptxas busy for minutes each (seen:
-    BLOCK 128 x Dh 128 dkdv, 234 s, 320 KiB of shared memory: over both targets' limits)."""
-    return block * max(16, triton.next_power_of_2(head_dim)) <= 64 * 64
 
 
 def sparse_attention_decode_plans(subset: str) -> list[Plan]:

@@ -95,6 +95,18 @@ def test_16_bit(device, kind):
                               loop_mask(kind, *shape[:3]), dtype, grad_factor=2.0)
 
 
+@pytest.mark.parametrize("block", [64, 128])
+@pytest.mark.parametrize("kind", KINDS)
+def test_tiles_smaller_than_the_mask_block(device, kind, block):
+    # float32 at head dim 48 runs 16 x 64 tiles: SPLIT = 4 or 8 of them a mask block, the layout's
+    # full and partial blocks swept tile by tile; S = 153 (2 or 3 mask blocks) ends inside a tile.
+    shape = (9, 12, 5, 48, 1, 2)
+    mask = dk.dalle_mask(kind, *shape[:3], block=block)
+    settings = attention_kernel._launch_settings(mask, shape[3], torch.float32)
+    assert (settings["BLOCK"], settings["SPLIT"]) == (16, block // 16)
+    check_against_oracles(*random_qkv(shape, device), mask, loop_mask(kind, *shape[:3]), torch.float32)
+
+
 @pytest.mark.parametrize("kind", ["column", "conv"])
 def test_non_contiguous_inputs(device, kind):
     # (B, S, H, 2 * Dh) projections viewed as (B, H, S, Dh): strided along S, H and Dh (every other element).

@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..._launch import LaunchSettings, pow2_block
+from ..._launch import LaunchSettings, dot_stages, pow2_block
 from ..._memory import new_output
 from ..._strided import row_view
 from ..codebook_lookup.kernel import codebook_lookup_backward, codebook_lookup_forward
@@ -68,14 +68,18 @@ def _nearest_codebook_forward_kernel(x_ptr, codebook_ptr, code_sq_ptr, indices_p
     tl.store(sq_dist_ptr + r, sq_dist, mask=row_mask)
 
 
-def _launch_settings(rows: int, size: int) -> LaunchSettings:
+def _launch_settings(rows: int, size: int, dtype: torch.dtype) -> LaunchSettings:
     """Tiles: BLOCK_N rows x BLOCK_K codes of distances per step, D in chunks of BLOCK_D (every
-    tl.dot dimension >= 16). Many rows get matmul-sized 128 x 128 tiles with 8 warps and a 3-stage
-    software pipeline; few rows get small tiles so that more programs run."""
+    tl.dot dimension >= 16). Many rows get matmul-sized 128 x 128 tiles, few rows 64-code tiles
+    with up to 64 rows so that more programs run; 8 warps either way (at 4, a 64 x 64 x 64 step
+    held 255 registers and spilled). A 3-stage software pipeline unless the dots are float32 (FMA
+    units, operands in registers: stages only add registers)."""
     block_d = pow2_block(size, 16, 64)
+    stages = dot_stages(dtype, 3)
     if rows >= 128 * 256:
-        return LaunchSettings({"BLOCK_N": 128, "BLOCK_K": 128, "BLOCK_D": block_d}, num_warps=8, num_stages=3)
-    return LaunchSettings({"BLOCK_N": pow2_block(rows, 16, 64), "BLOCK_K": 64, "BLOCK_D": block_d}, num_warps=4)
+        return LaunchSettings({"BLOCK_N": 128, "BLOCK_K": 128, "BLOCK_D": block_d}, num_warps=8, num_stages=stages)
+    return LaunchSettings({"BLOCK_N": pow2_block(rows, 16, 64), "BLOCK_K": 64, "BLOCK_D": block_d}, num_warps=8,
+                          num_stages=stages)
 
 
 def nearest_codebook_forward(x: torch.Tensor, codebook: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,7 +96,7 @@ def nearest_codebook_forward(x: torch.Tensor, codebook: torch.Tensor, dim: int) 
     if rows == 0:
         return indices, sq_dist
     code_sq = codebook.float().square().sum(1)
-    s = _launch_settings(rows, view.size)
+    s = _launch_settings(rows, view.size, dtype)
     _nearest_codebook_forward_kernel[(triton.cdiv(rows, s["BLOCK_N"]),)](
         view.tensor, codebook, code_sq, indices, sq_dist, view.stride_outer, view.stride_size, view.stride_inner,
         codebook.stride(0), codebook.stride(1), rows, view.inner, view.size, codebook.shape[0], **s.options,

@@ -2,18 +2,21 @@
 ``sparse_attention_decode`` (one query against the keys its mask allows).
 
 q, k, v are ``(B, H, S, Dh)`` tensors of any strides; outputs and gradients are contiguous. One
-program handles one block of ``mask.block`` positions of one (batch, head). Positions are the
-kernels' order (:meth:`DalleMask.kernel_order`): raster order, except that ``column`` reads the
-image part column-major, through index arithmetic on the pointers (``_raster_rows``), so its
-query blocks visit only their own column segments and the text; results are stored at the raster
-rows, so the output is in raster order. Tiles come from the cached block layout (``layout.py``):
-full tiles run without mask arithmetic, partial tiles compute the mask from indices (``_allowed``).
+program handles one tile of ``BLOCK`` positions of one (batch, head). The block layout is at the
+granularity of the mask block (``mask.block`` positions, ``SPLIT`` tiles): a program reads the key
+(or query) blocks its mask block visits and sweeps each tile by tile. Positions are the kernels'
+order (:meth:`DalleMask.kernel_order`): raster order, except that ``column`` reads the image part
+column-major, through index arithmetic on the pointers (``_raster_rows``), so its query blocks
+visit only their own column segments and the text; results are stored at the raster rows, so the
+output is in raster order. Tiles come from the cached block layout (``layout.py``): the tiles of
+full blocks run without mask arithmetic, those of partial blocks compute the mask from indices
+(``_allowed``). Tiles smaller than the mask block keep the tiles in registers (``_launch_settings``).
 
-Forward (per query block): online softmax in base 2 over the visited key blocks; saves each row's
+Forward (per query tile): online softmax in base 2 over the visited key tiles; saves each row's
 base-2 log-sum-exp ``lse2 = log2 sum_j 2^(s_j)`` of its scores ``s_j = scale * log2(e) * <q, k_j>``.
-Backward: the dq kernel (per query block) recomputes ``P = 2^(s - lse2)`` and
+Backward: the dq kernel (per query tile) recomputes ``P = 2^(s - lse2)`` and
 ``dS = P * (dP - delta)`` with ``dP = dO V^T`` and ``delta_i = <dO_i, O_i>`` (which it computes and
-stores), then ``dQ = scale * dS K``; the dk/dv kernel (per key block, over the query blocks that
+stores), then ``dQ = scale * dS K``; the dk/dv kernel (per key tile, over the query tiles that
 visit it) forms ``dV = P^T dO`` and ``dK = scale * dS^T Q``.
 """
 import math
@@ -29,6 +32,8 @@ from .mask import KINDS, DalleMask
 
 LOG2E = math.log2(math.e)
 DECODE_BLOCK_N = 64  # keys per step of the decode kernel
+MAX_TILE = 64  # most positions (queries or keys) in a tile of the training kernels (see _launch_settings)
+TILE_ELEMENTS = 64 * 64  # most BLOCK x BLOCK_D elements of their 16-bit tiles
 
 
 @triton.jit
@@ -42,8 +47,10 @@ def _raster_rows(pos, T, W, COLUMN_MAJOR: tl.constexpr):
 
 @triton.jit
 def _wrap(d, W):
-    """Distance on a cycle of W: min(|d| mod W, W - |d| mod W)."""
-    m = tl.abs(d) % W
+    """Distance on a cycle of W for |d| < W (a difference of two grid rows or columns): min(|d|, W - |d|).
+    No modulo: it runs on the whole (BLOCK, BLOCK) tile, where an integer modulo costs tens of
+    instructions an entry."""
+    m = tl.abs(d)
     return tl.minimum(m, W - m)
 
 
@@ -67,8 +74,9 @@ def _allowed(i, j, T, W, HALF, KIND: tl.constexpr):
 
 @triton.jit
 def _head(ptr, bh, H, stride_b, stride_h):
-    """``ptr`` moved to (batch, head) number ``bh = b * H + h`` (int64)."""
-    return ptr + (bh // H) * stride_b + (bh % H) * stride_h
+    """``ptr`` moved to (batch, head) number ``bh = b * H + h``: divided in int32 (``tl.program_id``'s
+    type; a 64-bit division is a subroutine call), offset in int64."""
+    return ptr + (bh // H).to(tl.int64) * stride_b + (bh % H).to(tl.int64) * stride_h
 
 
 @triton.jit
@@ -124,27 +132,34 @@ def _sparse_attention_forward_kernel(
     stride_qb, stride_qh, stride_qs, stride_qd, stride_kb, stride_kh, stride_ks, stride_kd,
     stride_vb, stride_vh, stride_vs, stride_vd,
     KIND: tl.constexpr, COLUMN_MAJOR: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
+    SPLIT: tl.constexpr,
 ):
-    # Program (query block, batch * head): out rows and lse2 of the block.
-    qb = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
-    q_ptr = _head(q_ptr, bh, H, stride_qb, stride_qh)
-    k_ptr = _head(k_ptr, bh, H, stride_kb, stride_kh)
-    v_ptr = _head(v_ptr, bh, H, stride_vb, stride_vh)
-    q_pos, inside, q_rows = _block_rows(qb, S, T, W, COLUMN_MAJOR, BLOCK)
+    # Program (query tile, batch * head): out rows and lse2 of the tile, over the key blocks of its mask block.
+    qt = tl.program_id(0)
+    qb = qt // SPLIT
+    pid_bh = tl.program_id(1)
+    bh = pid_bh.to(tl.int64)
+    q_ptr = _head(q_ptr, pid_bh, H, stride_qb, stride_qh)
+    k_ptr = _head(k_ptr, pid_bh, H, stride_kb, stride_kh)
+    v_ptr = _head(v_ptr, pid_bh, H, stride_vb, stride_vh)
+    q_pos, inside, q_rows = _block_rows(qt, S, T, W, COLUMN_MAJOR, BLOCK)
     d = tl.arange(0, BLOCK_D)
     q = _load_rows(q_ptr, q_rows, inside, d, Dh, stride_qs, stride_qd)
     m = tl.full((BLOCK,), float("-inf"), tl.float32)  # running max of the log2 scores
     l = tl.zeros((BLOCK,), tl.float32)  # running sum of exp2(s - m)
     acc = tl.zeros((BLOCK, BLOCK_D), tl.float32)  # running sum of exp2(s - m) v
     for idx in range(tl.load(full_offsets + qb), tl.load(full_offsets + qb + 1)):
-        m, l, acc = _forward_tile(q, q_pos, tl.load(full_blocks + idx), k_ptr, v_ptr, m, l, acc, S, T, W, HALF, Dh,
-                                  scale_log2, stride_ks, stride_kd, stride_vs, stride_vd,
-                                  KIND, COLUMN_MAJOR, False, BLOCK, BLOCK_D)
+        kb = tl.load(full_blocks + idx) * SPLIT
+        for t in range(SPLIT):  # key tiles in order: the first a row visits holds key 0 or is full
+            m, l, acc = _forward_tile(q, q_pos, kb + t, k_ptr, v_ptr, m, l, acc, S, T, W, HALF, Dh, scale_log2,
+                                      stride_ks, stride_kd, stride_vs, stride_vd, KIND, COLUMN_MAJOR, False,
+                                      BLOCK, BLOCK_D)
     for idx in range(tl.load(partial_offsets + qb), tl.load(partial_offsets + qb + 1)):
-        m, l, acc = _forward_tile(q, q_pos, tl.load(partial_blocks + idx), k_ptr, v_ptr, m, l, acc, S, T, W, HALF,
-                                  Dh, scale_log2, stride_ks, stride_kd, stride_vs, stride_vd,
-                                  KIND, COLUMN_MAJOR, True, BLOCK, BLOCK_D)
+        kb = tl.load(partial_blocks + idx) * SPLIT
+        for t in range(SPLIT):  # a tile the mask forbids whole leaves (m, l, acc) as they were
+            m, l, acc = _forward_tile(q, q_pos, kb + t, k_ptr, v_ptr, m, l, acc, S, T, W, HALF, Dh, scale_log2,
+                                      stride_ks, stride_kd, stride_vs, stride_vd, KIND, COLUMN_MAJOR, True,
+                                      BLOCK, BLOCK_D)
     out_rows = bh * S + q_rows  # out is contiguous (B, H, S, Dh), lse2 (B, H, S)
     tl.store(out_ptr + out_rows[:, None] * Dh + d[None, :], (acc / l[:, None]).to(out_ptr.dtype.element_ty),
              mask=inside[:, None] & (d < Dh)[None, :])
@@ -180,15 +195,18 @@ def _sparse_attention_dq_kernel(
     stride_qb, stride_qh, stride_qs, stride_qd, stride_kb, stride_kh, stride_ks, stride_kd,
     stride_vb, stride_vh, stride_vs, stride_vd, stride_dob, stride_doh, stride_dos, stride_dod,
     KIND: tl.constexpr, COLUMN_MAJOR: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
+    SPLIT: tl.constexpr,
 ):
-    # Program (query block, batch * head): dq of the block, and delta = rowsum(dO * O) for the dk/dv kernel.
-    qb = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
-    q_ptr = _head(q_ptr, bh, H, stride_qb, stride_qh)
-    k_ptr = _head(k_ptr, bh, H, stride_kb, stride_kh)
-    v_ptr = _head(v_ptr, bh, H, stride_vb, stride_vh)
-    dout_ptr = _head(dout_ptr, bh, H, stride_dob, stride_doh)
-    q_pos, inside, q_rows = _block_rows(qb, S, T, W, COLUMN_MAJOR, BLOCK)
+    # Program (query tile, batch * head): dq of the tile, and delta = rowsum(dO * O) for the dk/dv kernel.
+    qt = tl.program_id(0)
+    qb = qt // SPLIT
+    pid_bh = tl.program_id(1)
+    bh = pid_bh.to(tl.int64)
+    q_ptr = _head(q_ptr, pid_bh, H, stride_qb, stride_qh)
+    k_ptr = _head(k_ptr, pid_bh, H, stride_kb, stride_kh)
+    v_ptr = _head(v_ptr, pid_bh, H, stride_vb, stride_vh)
+    dout_ptr = _head(dout_ptr, pid_bh, H, stride_dob, stride_doh)
+    q_pos, inside, q_rows = _block_rows(qt, S, T, W, COLUMN_MAJOR, BLOCK)
     d = tl.arange(0, BLOCK_D)
     q = _load_rows(q_ptr, q_rows, inside, d, Dh, stride_qs, stride_qd)
     do = _load_rows(dout_ptr, q_rows, inside, d, Dh, stride_dos, stride_dod)
@@ -200,11 +218,15 @@ def _sparse_attention_dq_kernel(
     lse2 = tl.load(lse_ptr + out_rows, mask=inside, other=float("inf"))
     dq = tl.zeros((BLOCK, BLOCK_D), tl.float32)
     for idx in range(tl.load(full_offsets + qb), tl.load(full_offsets + qb + 1)):
-        dq = _dq_tile(q, do, lse2, delta, q_pos, tl.load(full_blocks + idx), k_ptr, v_ptr, dq, S, T, W, HALF, Dh,
-                      scale_log2, stride_ks, stride_kd, stride_vs, stride_vd, KIND, COLUMN_MAJOR, False, BLOCK, BLOCK_D)
+        kb = tl.load(full_blocks + idx) * SPLIT
+        for t in range(SPLIT):
+            dq = _dq_tile(q, do, lse2, delta, q_pos, kb + t, k_ptr, v_ptr, dq, S, T, W, HALF, Dh, scale_log2,
+                          stride_ks, stride_kd, stride_vs, stride_vd, KIND, COLUMN_MAJOR, False, BLOCK, BLOCK_D)
     for idx in range(tl.load(partial_offsets + qb), tl.load(partial_offsets + qb + 1)):
-        dq = _dq_tile(q, do, lse2, delta, q_pos, tl.load(partial_blocks + idx), k_ptr, v_ptr, dq, S, T, W, HALF, Dh,
-                      scale_log2, stride_ks, stride_kd, stride_vs, stride_vd, KIND, COLUMN_MAJOR, True, BLOCK, BLOCK_D)
+        kb = tl.load(partial_blocks + idx) * SPLIT
+        for t in range(SPLIT):
+            dq = _dq_tile(q, do, lse2, delta, q_pos, kb + t, k_ptr, v_ptr, dq, S, T, W, HALF, Dh, scale_log2,
+                          stride_ks, stride_kd, stride_vs, stride_vd, KIND, COLUMN_MAJOR, True, BLOCK, BLOCK_D)
     tl.store(dq_ptr + out_rows[:, None] * Dh + d[None, :], (dq * scale).to(dq_ptr.dtype.element_ty),
              mask=inside[:, None] & (d < Dh)[None, :])
 
@@ -236,28 +258,35 @@ def _sparse_attention_dkdv_kernel(
     stride_qb, stride_qh, stride_qs, stride_qd, stride_kb, stride_kh, stride_ks, stride_kd,
     stride_vb, stride_vh, stride_vs, stride_vd, stride_dob, stride_doh, stride_dos, stride_dod,
     KIND: tl.constexpr, COLUMN_MAJOR: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
+    SPLIT: tl.constexpr,
 ):
-    # Program (key block, batch * head): dk and dv of the block, over the query blocks that visit it.
-    kb = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
-    q_ptr = _head(q_ptr, bh, H, stride_qb, stride_qh)
-    k_ptr = _head(k_ptr, bh, H, stride_kb, stride_kh)
-    v_ptr = _head(v_ptr, bh, H, stride_vb, stride_vh)
-    dout_ptr = _head(dout_ptr, bh, H, stride_dob, stride_doh)
-    k_pos, inside, k_rows = _block_rows(kb, S, T, W, COLUMN_MAJOR, BLOCK)
+    # Program (key tile, batch * head): dk and dv of the tile, over the query blocks that visit its mask block.
+    kt = tl.program_id(0)
+    kb = kt // SPLIT
+    pid_bh = tl.program_id(1)
+    bh = pid_bh.to(tl.int64)
+    q_ptr = _head(q_ptr, pid_bh, H, stride_qb, stride_qh)
+    k_ptr = _head(k_ptr, pid_bh, H, stride_kb, stride_kh)
+    v_ptr = _head(v_ptr, pid_bh, H, stride_vb, stride_vh)
+    dout_ptr = _head(dout_ptr, pid_bh, H, stride_dob, stride_doh)
+    k_pos, inside, k_rows = _block_rows(kt, S, T, W, COLUMN_MAJOR, BLOCK)
     d = tl.arange(0, BLOCK_D)
     k = _load_rows(k_ptr, k_rows, inside, d, Dh, stride_ks, stride_kd)
     v = _load_rows(v_ptr, k_rows, inside, d, Dh, stride_vs, stride_vd)
     dk = tl.zeros((BLOCK, BLOCK_D), tl.float32)
     dv = tl.zeros((BLOCK, BLOCK_D), tl.float32)
     for idx in range(tl.load(full_offsets + kb), tl.load(full_offsets + kb + 1)):
-        dk, dv = _dkdv_tile(k, v, k_pos, tl.load(full_blocks + idx), q_ptr, dout_ptr, lse_ptr, delta_ptr, bh, dk, dv,
-                            S, T, W, HALF, Dh, scale_log2, stride_qs, stride_qd, stride_dos, stride_dod,
-                            KIND, COLUMN_MAJOR, False, BLOCK, BLOCK_D)
+        qb = tl.load(full_blocks + idx) * SPLIT
+        for t in range(SPLIT):
+            dk, dv = _dkdv_tile(k, v, k_pos, qb + t, q_ptr, dout_ptr, lse_ptr, delta_ptr, bh, dk, dv, S, T, W, HALF,
+                                Dh, scale_log2, stride_qs, stride_qd, stride_dos, stride_dod,
+                                KIND, COLUMN_MAJOR, False, BLOCK, BLOCK_D)
     for idx in range(tl.load(partial_offsets + kb), tl.load(partial_offsets + kb + 1)):
-        dk, dv = _dkdv_tile(k, v, k_pos, tl.load(partial_blocks + idx), q_ptr, dout_ptr, lse_ptr, delta_ptr, bh, dk,
-                            dv, S, T, W, HALF, Dh, scale_log2, stride_qs, stride_qd, stride_dos, stride_dod,
-                            KIND, COLUMN_MAJOR, True, BLOCK, BLOCK_D)
+        qb = tl.load(partial_blocks + idx) * SPLIT
+        for t in range(SPLIT):
+            dk, dv = _dkdv_tile(k, v, k_pos, qb + t, q_ptr, dout_ptr, lse_ptr, delta_ptr, bh, dk, dv, S, T, W, HALF,
+                                Dh, scale_log2, stride_qs, stride_qd, stride_dos, stride_dod,
+                                KIND, COLUMN_MAJOR, True, BLOCK, BLOCK_D)
     grad_rows = (bh * S + k_rows)[:, None] * Dh + d[None, :]  # dk, dv: contiguous (B, H, S, Dh)
     grad_mask = inside[:, None] & (d < Dh)[None, :]
     tl.store(dk_ptr + grad_rows, (dk * scale).to(dk_ptr.dtype.element_ty), mask=grad_mask)
@@ -272,11 +301,12 @@ def _sparse_attention_decode_kernel(
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     # Program (batch * head): one query row against the cache rows listed in keys_ptr, BLOCK_N at a time.
-    bh = tl.program_id(0).to(tl.int64)
+    pid_bh = tl.program_id(0)
+    bh = pid_bh.to(tl.int64)
     d = tl.arange(0, BLOCK_D)
-    q = tl.load(_head(q_ptr, bh, H, stride_qb, stride_qh) + d * stride_qd, mask=d < Dh, other=0.0).to(tl.float32)
-    k_ptr = _head(k_ptr, bh, H, stride_kb, stride_kh)
-    v_ptr = _head(v_ptr, bh, H, stride_vb, stride_vh)
+    q = tl.load(_head(q_ptr, pid_bh, H, stride_qb, stride_qh) + d * stride_qd, mask=d < Dh, other=0.0).to(tl.float32)
+    k_ptr = _head(k_ptr, pid_bh, H, stride_kb, stride_kh)
+    v_ptr = _head(v_ptr, pid_bh, H, stride_vb, stride_vh)
     m = tl.full((1,), float("-inf"), tl.float32)  # running max of the log2 scores
     l = tl.zeros((1,), tl.float32)
     acc = tl.zeros((BLOCK_D,), tl.float32)
@@ -303,11 +333,20 @@ def _head_block(head_dim: int) -> int:
 
 
 def _launch_settings(mask: DalleMask, head_dim: int, dtype: torch.dtype) -> LaunchSettings:
-    """Tiles of the training kernels: ``mask.block`` positions by :func:`_head_block`. Eight warps
-    once a tile has more than 64 x 64 entries; pipelined unless the dots are float32."""
+    """Tiles of the training kernels: ``BLOCK`` positions (queries or keys) by :func:`_head_block`;
+    ``SPLIT = mask.block // BLOCK`` tiles make a mask block.
+
+    BLOCK is the mask block up to 64 positions and TILE_ELEMENTS (BLOCK x BLOCK_D): dq and dk/dv
+    hold P, dP and dS, three BLOCK x BLOCK float32 tiles, which at 128 x 128 spill even on 8 warps.
+    float32 dots run on FMA units with their operands in registers: their tiles are a quarter of
+    that, at most 32 positions (32 x 32, 16 x 64). A smaller tile reads each key tile once per
+    query tile (at 64, twice the K/V reads of a 128 block) but keeps its tiles in registers. Warps
+    from the larger of the score and accumulator tiles; pipelined unless float32."""
     block_d = _head_block(head_dim)
-    return LaunchSettings({"BLOCK": mask.block, "BLOCK_D": block_d},
-                          num_warps=warps_for(mask.block * block_d, 1024, minimum=4, maximum=8),
+    most, elements = (MAX_TILE // 2, TILE_ELEMENTS // 4) if dtype == torch.float32 else (MAX_TILE, TILE_ELEMENTS)
+    tile = min(mask.block, most, max(16, elements // block_d))
+    return LaunchSettings({"BLOCK": tile, "BLOCK_D": block_d, "SPLIT": mask.block // tile},
+                          num_warps=warps_for(tile * max(tile, block_d), 1024, minimum=4, maximum=8),
                           num_stages=dot_stages(dtype, 2))
 
 
@@ -337,7 +376,7 @@ def sparse_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
         return out, lse2
     layout = block_layout(mask, q.device)
     s = _launch_settings(mask, head_dim, q.dtype)
-    _sparse_attention_forward_kernel[(layout.num_blocks, batch * heads)](
+    _sparse_attention_forward_kernel[(triton.cdiv(mask.seq_len, s["BLOCK"]), batch * heads)](
         q, k, v, out, lse2, *_layout_args(layout.full_by_query, layout.partial_by_query), scale * LOG2E,
         *_mask_args(mask), heads, head_dim, *q.stride(), *k.stride(), *v.stride(),
         KIND=KINDS.index(mask.kind), COLUMN_MAJOR=mask.column_major, **s.options,
@@ -357,7 +396,7 @@ def sparse_attention_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tens
     delta = new_output(lse2.shape, torch.float32, q.device)
     layout = block_layout(mask, q.device)
     s = _launch_settings(mask, head_dim, q.dtype)
-    grid = (layout.num_blocks, batch * heads)
+    grid = (triton.cdiv(mask.seq_len, s["BLOCK"]), batch * heads)
     shared = (scale, scale * LOG2E, *_mask_args(mask), heads, head_dim, *q.stride(), *k.stride(), *v.stride(),
               *dout.stride())
     constants = dict(KIND=KINDS.index(mask.kind), COLUMN_MAJOR=mask.column_major, **s.options)
