@@ -168,7 +168,7 @@ class VAEConfig(Section):
     ``reconstruction``: the likelihood of the mapped pixels. ``"logit_laplace"`` is the paper's
     (the decoder predicts a location and a scale per pixel-channel); ``"gaussian"`` has a fixed
     standard deviation ``gaussian_sigma`` around the decoded pixel, i.e. a scaled squared error.
-    The CPU presets (tiny, demo) use the Gaussian: in their few thousand updates the
+    The CPU presets (tiny, demo, emoji) use the Gaussian: in their few thousand updates the
     logit-Laplace decoder spends its capacity sharpening the white background (its learned scale
     weights those pixels most) and the codes never learn color (docs/results.md#demo-dvae).
 
