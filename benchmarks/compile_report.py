@@ -214,8 +214,8 @@ def nearest_codebook_plans(subset: str) -> list[Plan]:
         backward(ops.nearest_codebook(x, meta((codes, shape[dim]), dtype, grad), dim))
 
     shapes = [((65536, 256), -1, 8192), ((37, 3), -1, 3), ((2, 300, 2, 3), 1, 131), ((64,), 0, 3)]
-    # The rule: >= 32768 rows: 128 x 128 tiles, 8 warps, 3 stages; else BLOCK_N up to 64, 4 warps;
-    # BLOCK_D = pow2(D) in 16..64.
+    # The rule: 16-bit codes: >= 32768 rows 128 x 128 tiles, else BLOCK_N up to 64 x 64 codes; 8 warps,
+    # 3 stages, BLOCK_D = pow2(D) in 16..64. float32: BLOCK_N up to 64 x 64 codes, 4 warps, 1 stage, BLOCK_D 16.
     sweep = [((rows, size), -1, 1000) for rows in (16, 40, 40000) for size in (16, 32, 300)]
     plans = [Plan("nearest_codebook", "modes", f"{shape} dim={dim} K={codes} {short(dtype)}{' +bwd' if grad else ''}",
                   functools.partial(call, shape, dim, codes, dtype, grad))
@@ -339,9 +339,6 @@ KNOWN_SPILLS = (
     KnownSpill(("_nearest_codebook_forward_kernel",), r"BLOCK_N=128 BLOCK_K=128 BLOCK_D=64 warps=8 stages=3", (90, 80),
                "nearest_codebook's large-tile launch (>= 32768 rows): 128 x 128 distances x 64-wide D chunks, "
                "3 stages, 8 warps, at 255 registers"),
-    KnownSpill(("_nearest_codebook_forward_kernel",), r"^b?f16/.* BLOCK_N=64 BLOCK_K=64 BLOCK_D=32 warps=4 stages=3",
-               (80,),
-               "nearest_codebook's small-tile launch with 32-wide D chunks in 16 bits on sm_80 (16 bytes)"),
 )
 
 

@@ -26,7 +26,9 @@ def takes_two_passes(shape, dim: int) -> bool:
 def check_soft_forward(logits: torch.Tensor, noise: torch.Tensor, tau: float, dim: int) -> torch.Tensor:
     y = dk.gumbel_softmax(logits, tau, dim=dim, noise=noise)
     assert y.shape == logits.shape and y.dtype == logits.dtype and y.is_contiguous()
-    assert_close(y, gumbel_softmax_reference(logits, tau, False, dim, noise), logits.dtype, "y vs reference")
+    # The reference rounds in the same dtype, so its error adds to the kernel's (a 65536-wide row
+    # gave 2.003e-5 against float32's 2e-5): twice the tolerance there; float64 holds the kernel to one.
+    assert_close(y, gumbel_softmax_reference(logits, tau, False, dim, noise), logits.dtype, "y vs reference", 2.0)
     assert_close(y, gumbel_softmax_float64(logits, noise, tau, dim), logits.dtype, "y vs float64")
     return y
 

@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..._launch import LaunchSettings, dot_stages, pow2_block
+from ..._launch import LaunchSettings, pow2_block
 from ..._memory import new_output
 from ..._strided import row_view
 from ..codebook_lookup.kernel import codebook_lookup_backward, codebook_lookup_forward
@@ -70,16 +70,22 @@ def _nearest_codebook_forward_kernel(x_ptr, codebook_ptr, code_sq_ptr, indices_p
 
 def _launch_settings(rows: int, size: int, dtype: torch.dtype) -> LaunchSettings:
     """Tiles: BLOCK_N rows x BLOCK_K codes of distances per step, D in chunks of BLOCK_D (every
-    tl.dot dimension >= 16). Many rows get matmul-sized 128 x 128 tiles, few rows 64-code tiles
-    with up to 64 rows so that more programs run; 8 warps either way (at 4, a 64 x 64 x 64 step
-    held 255 registers and spilled). A 3-stage software pipeline unless the dots are float32 (FMA
-    units, operands in registers: stages only add registers)."""
+    tl.dot dimension >= 16). Many rows of 16-bit codes get matmul-sized 128 x 128 tiles with 8 warps
+    (at 4, a 64 x 64 x 64 step held 255 registers and spilled) and a 3-stage software pipeline; few
+    rows get 64-code tiles with up to 64 rows, so that more programs run.
+
+    float32 dots run on FMA units with their operands in registers: no pipeline (stages only add
+    registers), 64 x 64 tiles at most, D 16 at a time, 4 warps. ptxas (sm_90 and sm_80, triton 3.9)
+    spilled 128 x 128 tiles at any D, 64 x 64 x 32 at 8 warps, and 64 x 64 x 16 at 8 warps for
+    D = 256 (16 bytes at 78 registers); 64 x 64 x 16 at 4 warps held 168 registers, no spill."""
+    if dtype == torch.float32:
+        return LaunchSettings({"BLOCK_N": pow2_block(rows, 16, 64), "BLOCK_K": 64, "BLOCK_D": 16}, num_warps=4,
+                              num_stages=1)
     block_d = pow2_block(size, 16, 64)
-    stages = dot_stages(dtype, 3)
     if rows >= 128 * 256:
-        return LaunchSettings({"BLOCK_N": 128, "BLOCK_K": 128, "BLOCK_D": block_d}, num_warps=8, num_stages=stages)
+        return LaunchSettings({"BLOCK_N": 128, "BLOCK_K": 128, "BLOCK_D": block_d}, num_warps=8, num_stages=3)
     return LaunchSettings({"BLOCK_N": pow2_block(rows, 16, 64), "BLOCK_K": 64, "BLOCK_D": block_d}, num_warps=8,
-                          num_stages=stages)
+                          num_stages=3)
 
 
 def nearest_codebook_forward(x: torch.Tensor, codebook: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
