@@ -113,8 +113,25 @@ def test_sass_counts_loops_local_memory_and_tensor_core_instructions():
         /*0070*/                   BRA 0x70;
     """
     counts = cross_compile.parse_sass(sass)
-    assert counts == {"instructions": 8, "spill_stores": 8, "spill_loads": 4, "loop_instructions": 4, "loops": 1,
-                      "mma": "HGMMA x2"}
+    assert counts == {"instructions": 8, "spill_stores": 8, "spill_loads": 4, "loop_spills": 4,
+                      "loop_instructions": 4, "loops": 1, "mma": "HGMMA x2"}
+
+
+def test_a_few_spilled_words_outside_loops_pass_and_any_spill_in_a_loop_fails():
+    hot = frozenset({"_any_kernel"})
+    budget = cross_compile.SPILL_BUDGET
+
+    def result(stores, loads, in_loops):
+        return Result("_any_kernel", 90, "fp32", registers=80, spill_stores=stores, spill_loads=loads,
+                      loop_spills=in_loops, shared=0)
+
+    assert cross_compile.problems(result(8, 8, 0), hot) == []
+    assert cross_compile.problems(result(budget // 2, budget // 2, 0), hot) == []
+    over = cross_compile.problems(result(budget // 2, budget // 2 + 4, 0), hot)
+    assert len(over) == 1 and f"over the budget of {budget}" in over[0], over
+    in_loop = cross_compile.problems(result(4, 4, 4), hot)
+    assert len(in_loop) == 1 and "4 bytes of it inside a loop" in in_loop[0], in_loop
+    assert cross_compile.problems(result(4, 4, 4), frozenset()) == []  # not a hot kernel
 
 
 def test_every_kernel_variant_compiles_for_hopper_and_ampere(tmp_path):

@@ -70,22 +70,26 @@ def _nearest_codebook_forward_kernel(x_ptr, codebook_ptr, code_sq_ptr, indices_p
 
 def _launch_settings(rows: int, size: int, dtype: torch.dtype) -> LaunchSettings:
     """Tiles: BLOCK_N rows x BLOCK_K codes of distances per step, D in chunks of BLOCK_D (every
-    tl.dot dimension >= 16). Many rows of 16-bit codes get matmul-sized 128 x 128 tiles with 8 warps
-    (at 4, a 64 x 64 x 64 step held 255 registers and spilled) and a 3-stage software pipeline; few
-    rows get 64-code tiles with up to 64 rows, so that more programs run.
+    tl.dot dimension >= 16). Many rows of 16-bit codes get matmul-sized 128 x 128 tiles with 8 warps,
+    a 3-stage software pipeline and D 32 at a time; few rows get 64-code tiles with up to 64 rows,
+    so that more programs run, and D up to 64 at a time.
 
     float32 dots run on FMA units with their operands in registers: no pipeline (stages only add
-    registers), 64 x 64 tiles at most, D 16 at a time, 4 warps. ptxas (sm_90 and sm_80, triton 3.9)
-    spilled 128 x 128 tiles at any D, 64 x 64 x 32 at 8 warps, and 64 x 64 x 16 at 8 warps for
-    D = 256 (16 bytes at 78 registers); 64 x 64 x 16 at 4 warps held 168 registers, no spill."""
+    registers), 64 x 64 tiles at most, D 16 at a time, 4 warps.
+
+    Chosen by ptxas's register counts (benchmarks/compile_report.py, sm_90 and sm_80, triton 3.9;
+    not yet timed on a GPU): 16-bit 128 x 128 x 64 spilled inside the main loop at 255 registers,
+    128 x 128 x 32 held 167 (sm_90) and 214 (sm_80); a 16-bit 64 x 64 x 64 step at 4 warps held 255
+    and spilled. float32 spilled at 128 x 128 for any D, at 64 x 64 x 32 with 8 warps, and at
+    64 x 64 x 16 with 8 warps for D = 256; 64 x 64 x 16 at 4 warps held 168 registers."""
     if dtype == torch.float32:
         return LaunchSettings({"BLOCK_N": pow2_block(rows, 16, 64), "BLOCK_K": 64, "BLOCK_D": 16}, num_warps=4,
                               num_stages=1)
-    block_d = pow2_block(size, 16, 64)
     if rows >= 128 * 256:
-        return LaunchSettings({"BLOCK_N": 128, "BLOCK_K": 128, "BLOCK_D": block_d}, num_warps=8, num_stages=3)
-    return LaunchSettings({"BLOCK_N": pow2_block(rows, 16, 64), "BLOCK_K": 64, "BLOCK_D": block_d}, num_warps=8,
-                          num_stages=3)
+        return LaunchSettings({"BLOCK_N": 128, "BLOCK_K": 128, "BLOCK_D": pow2_block(size, 16, 32)}, num_warps=8,
+                              num_stages=3)
+    return LaunchSettings({"BLOCK_N": pow2_block(rows, 16, 64), "BLOCK_K": 64, "BLOCK_D": pow2_block(size, 16, 64)},
+                          num_warps=8, num_stages=3)
 
 
 def nearest_codebook_forward(x: torch.Tensor, codebook: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
