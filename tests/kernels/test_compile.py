@@ -134,6 +134,24 @@ def test_a_few_spilled_words_outside_loops_pass_and_any_spill_in_a_loop_fails():
     assert cross_compile.problems(result(4, 4, 4), frozenset()) == []  # not a hot kernel
 
 
+def test_a_known_spill_rule_covers_its_variants_up_to_its_bytes_only():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import compile_report
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    rule = compile_report.KnownSpill(("_k",), r"^fp32/.* BLOCK=16 ", (80,), 16, "a test")
+
+    def result(variant, arch=80, stores=8, loads=8, kernel="_k"):
+        return Result(kernel, arch, variant, registers=80, spill_stores=stores, spill_loads=loads, loop_spills=4)
+
+    assert rule.covers(result("fp32/i32 KIND=3 BLOCK=16 warps=4"))
+    assert not rule.covers(result("fp32/i32 KIND=3 BLOCK=16 warps=4", loads=12))  # more bytes than it accepts
+    assert not rule.covers(result("bf16/i32 KIND=3 BLOCK=16 warps=4"))
+    assert not rule.covers(result("fp32/i32 KIND=3 BLOCK=16 warps=4", arch=90))
+    assert not rule.covers(result("fp32/i32 KIND=3 BLOCK=16 warps=4", kernel="_other"))
+
+
 def test_every_kernel_variant_compiles_for_hopper_and_ampere(tmp_path):
     """The CI subset of benchmarks/compile_report.py, in its own process: the kernels must be real
     JITFunctions, i.e. triton imported without TRITON_INTERPRET."""
