@@ -13,7 +13,7 @@ import torch
 from .checks import check_int
 from .data.images import load_image
 from .errors import UsageError
-from .sampling import check_sampling, default_top_k
+from .sampling import check_sampling, default_temperature, default_top_k
 from .text_to_image import GenerationResult, TextToImage
 
 # The seeds torch.Generator.manual_seed takes.
@@ -22,14 +22,15 @@ SEED_RANGE = (-(2**63), 2**64 - 1)
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """The settings of one request, each the value of the generate flag of that name (``top_k``
-    None: a quarter of the codebook; ``prime`` and ``prime_rows`` go together: the priming
-    image's path and how many of its token rows every sample keeps)."""
+    """The settings of one request, each the value of the generate flag of that name
+    (``temperature`` None: the run's ``transformer.sample_temperature``; ``top_k`` None: a quarter
+    of the codebook; ``prime`` and ``prime_rows`` go together: the priming image's path and how
+    many of its token rows every sample keeps)."""
 
     prompt: str
     num: int = 16
     keep: int = 4
-    temperature: float = 1.0
+    temperature: float | None = None
     top_k: int | None = None
     seed: int = 0
     prime: Path | None = None
@@ -48,7 +49,7 @@ class GenerationRequest:
             except ValueError as e:
                 raise UsageError(str(e)) from None
         try:
-            check_sampling(self.temperature, self.top_k)
+            check_sampling(1.0 if self.temperature is None else self.temperature, self.top_k)
         except ValueError as e:
             raise UsageError(f"--{str(e).replace('_', '-')}") from None
         if self.keep > self.num:
@@ -73,6 +74,10 @@ class GenerationRequest:
         except Exception as e:  # noqa: BLE001 - PIL raises OSError and others for files it cannot decode
             raise UsageError(f"--prime {self.prime}: cannot read it as an image ({e})") from None
 
+    def temperature_for(self, pipeline: TextToImage) -> float:
+        """--temperature, or by default the run's ``transformer.sample_temperature``."""
+        return default_temperature(pipeline.config) if self.temperature is None else self.temperature
+
     def top_k_for(self, pipeline: TextToImage) -> int:
         """--top-k, or by default a quarter of the run's codebook."""
         return default_top_k(pipeline.config) if self.top_k is None else self.top_k
@@ -81,6 +86,6 @@ class GenerationRequest:
         """Check the request and sample, decode and rerank its images with ``pipeline``
         (``progress``: a tqdm bar of the tokens sampled, per batch)."""
         self.check()
-        return pipeline.generate(self.prompt, self.num, self.keep, temperature=self.temperature,
+        return pipeline.generate(self.prompt, self.num, self.keep, temperature=self.temperature_for(pipeline),
                                  top_k=self.top_k_for(pipeline), seed=self.seed, prime_image=self.prime_image(pipeline),
                                  prime_rows=self.prime_rows or 0, batch_size=self.batch_size, progress=progress)

@@ -32,6 +32,12 @@ def default_top_k(config: Config) -> int:
     return max(1, round(TOP_K_FRACTION * config.image_vocab))
 
 
+def default_temperature(config: Config) -> float:
+    """The sampling temperature used unless one is given (training grids, generate, evaluate, the
+    page): the run's ``transformer.sample_temperature``."""
+    return config.transformer.sample_temperature
+
+
 def check_sampling(temperature: float, top_k: int | None) -> None:
     """``ValueError`` naming the argument unless temperature >= 0 is finite and top_k is None or >= 1."""
     if isinstance(temperature, bool) or not isinstance(temperature, Real) or not math.isfinite(temperature) \

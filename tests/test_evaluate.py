@@ -126,8 +126,8 @@ def test_attribute_accuracy_and_reranking_with_ground_truth_samples(run: Path,
     test = ShapesDataset("test", 32, size=24)
     truth = {test.captions(i)[0]: test.attributes(i) for i in range(len(test))}
 
-    def fake_generate(run, captions, samples, options, top_k):
-        assert samples == 3
+    def fake_generate(run, captions, samples, options, temperature, top_k):
+        assert samples == 3 and temperature == 1.0  # the tiny preset's sample_temperature
         images = torch.ones(len(captions), samples, 3, 32, 32)
         images[:, 1] = torch.stack([render(truth[c], 32) for c in captions])
         return pipeline.Samples(images, torch.tensor([[0.1, 0.9, 0.2]]).repeat(len(captions), 1))

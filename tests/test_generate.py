@@ -210,3 +210,18 @@ def test_generate_rejects_keep_out_of_range(pipeline):
     for keep in (0, 3):
         with pytest.raises(ValueError, match="keep"):
             pipeline.generate(PROMPT, 2, keep)
+
+
+def test_without_temperature_generate_samples_at_the_runs_sample_temperature(run_dir, tmp_path):
+    import dataclasses
+    config = preset("tiny")
+    config = dataclasses.replace(config, transformer=dataclasses.replace(config.transformer, sample_temperature=0.0))
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    config.save(run)
+    paths = {name: tmp_path / f"{name}.png" for name in ("default", "greedy", "one")}
+    run_cli(*cli_args(run, paths["default"], "--seed", "2"))
+    run_cli(*cli_args(run, paths["greedy"], "--seed", "2", "--temperature", "0"))
+    run_cli(*cli_args(run, paths["one"], "--seed", "2", "--temperature", "1"))
+    assert paths["default"].read_bytes() == paths["greedy"].read_bytes()
+    assert paths["default"].read_bytes() != paths["one"].read_bytes()

@@ -11,6 +11,7 @@ consistent.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -270,6 +271,8 @@ class TransformerConfig(Section):
     ``cross_entropy``: how the loss scores the output head: ``"fused"`` through
     ``dalle_kernels.fused_linear_cross_entropy`` (on a GPU the (tokens, vocabulary) logits never
     exist at once), ``"plain"`` as ``F.linear`` then ``F.cross_entropy`` (for comparison).
+    ``sample_temperature``: the sampling temperature that generate, evaluate, the page and the
+    training sample grids use unless told otherwise (``--temperature``); 0 is greedy.
     """
 
     layers: int
@@ -286,6 +289,7 @@ class TransformerConfig(Section):
     cross_entropy: Literal["fused", "plain"] = "fused"
     augment_crop: float = 1.0  # the smallest random square crop of the token cache's copies (B.2); 1: no crop
     token_copies: int = 1  # encodings per train image in the token cache: the image, then random crops
+    sample_temperature: float = 1.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -298,6 +302,8 @@ class TransformerConfig(Section):
         self._require("conv_kernel", self.conv_kernel >= 1 and self.conv_kernel % 2 == 1, "odd and >= 1")
         self._require("dropout", 0 <= self.dropout < 1, "in [0, 1)")
         self._require("bpe_dropout", 0 <= self.bpe_dropout < 1, "in [0, 1)")
+        self._require("sample_temperature", math.isfinite(self.sample_temperature) and self.sample_temperature >= 0,
+                      "a finite number >= 0 (0: greedy)")
 
     @property
     def d_model(self) -> int:

@@ -41,8 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--samples-per-prompt", type=positive_int,
                         help="images sampled per prompt and reranked by CLIP (default: the config's clip.candidates)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the sampling")
-    parser.add_argument("--temperature", type=non_negative_float, default=defaults.temperature,
-                        help="sampling temperature (0: greedy)")
+    parser.add_argument("--temperature", type=non_negative_float,
+                        help="sampling temperature, 0: greedy (default: the run's transformer.sample_temperature)")
     parser.add_argument("--top-k", type=positive_int, help="sample among the k likeliest image codes "
                                                             "(default: a quarter of the codebook)")
     parser.add_argument("--batch-size", type=positive_int, default=defaults.batch_size,

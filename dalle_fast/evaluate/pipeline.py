@@ -24,7 +24,7 @@ from tqdm import tqdm
 from ..config import with_dataset
 from ..image_tokens import encode_split
 from ..run import UsageError, autocast
-from ..sampling import default_top_k
+from ..sampling import default_temperature, default_top_k
 from ..text_to_image import TextToImage
 from ..validation import transformer_losses, validate_vae
 from .data import EvalData, PromptPool, Prompts, choose_prompts, eval_data
@@ -52,8 +52,9 @@ SEED_STREAM = 0xE7A1  # tells the evaluation's sampling seeds apart from other s
 @dataclass(frozen=True)
 class EvalOptions:
     """The settings of one evaluation (the command line's flags). ``samples_per_prompt`` None:
-    the run's ``clip.candidates``; ``top_k`` None: the dalle stage's sample-grid setting (the top
-    quarter of the image codes); ``clip``, ``clip_weights`` None: the run's reranker
+    the run's ``clip.candidates``; ``temperature`` None: the run's ``transformer.sample_temperature``;
+    ``top_k`` None: the dalle stage's sample-grid setting (the top quarter of the image codes);
+    ``clip``, ``clip_weights`` None: the run's reranker
     (``clip.reranker`` of its config), else as :meth:`~dalle_fast.text_to_image.TextToImage.from_run`."""
 
     data: str | None = None
@@ -62,7 +63,7 @@ class EvalOptions:
     num_prompts: int = 128  # 64 per group of prompts (held-in, held-out) on shapes
     samples_per_prompt: int | None = None
     seed: int = 0
-    temperature: float = 1.0
+    temperature: float | None = None
     top_k: int | None = None
     batch_size: int = 64
     inception_weights: str | None = None
@@ -96,12 +97,12 @@ def prompt_seed(seed: int, prompt: int) -> int:
 
 
 def generate(pipeline: TextToImage, captions: list[str], samples: int, options: EvalOptions,
-             top_k: int) -> Samples:
+             temperature: float, top_k: int) -> Samples:
     """``samples`` images for each caption and their CLIP scores (batches of
     ``options.batch_size``; prompt p draws from the seed :func:`prompt_seed` gives it)."""
     images, scores = [], []
     for p, text in enumerate(tqdm(captions, desc="sampling", unit="prompt", dynamic_ncols=True)):
-        drawn = pipeline.sample(text, samples, temperature=options.temperature, top_k=top_k,
+        drawn = pipeline.sample(text, samples, temperature=temperature, top_k=top_k,
                                 seed=prompt_seed(options.seed, p), batch_size=options.batch_size).clamp(0, 1)
         images.append(drawn)
         scores.append(pipeline.score(text, drawn))
@@ -218,6 +219,7 @@ def evaluate(run_dir: Path, options: EvalOptions) -> tuple[dict[str, Any], Sampl
     device = pipeline.device
     samples_per_prompt = options.samples_per_prompt or config.clip.candidates
     top_k = options.top_k or default_top_k(config)
+    temperature = default_temperature(config) if options.temperature is None else options.temperature
     if top_k > config.image_vocab:
         raise UsageError(f"--top-k: must be at most the codebook size {config.image_vocab}, got {top_k}")
     data = eval_data(config, options.split, options.images)
@@ -226,7 +228,7 @@ def evaluate(run_dir: Path, options: EvalOptions) -> tuple[dict[str, Any], Sampl
     vae_metrics = validate_vae(pipeline.vae, data.dataset, data.attributes, options.batch_size, precision,
                                config.data.holdout).metrics
     losses = split_losses(pipeline, data, options.batch_size, precision)
-    samples = generate(pipeline, prompts.captions, samples_per_prompt, options, top_k)
+    samples = generate(pipeline, prompts.captions, samples_per_prompt, options, temperature, top_k)
     real = torch.stack([data.pool.dataset[i][0] for i in prompts.indices])
     first, best = best_and_first(samples)
     reranker = pipeline.reranker
@@ -245,7 +247,7 @@ def evaluate(run_dir: Path, options: EvalOptions) -> tuple[dict[str, Any], Sampl
         "run": str(run_dir), "preset": config.name, "dataset": config.data.dataset, "split": options.split,
         "data": data.description,
         "settings": {"seed": options.seed, "num_prompts": len(prompts.indices),
-                     "samples_per_prompt": samples_per_prompt, "temperature": options.temperature, "top_k": top_k,
+                     "samples_per_prompt": samples_per_prompt, "temperature": temperature, "top_k": top_k,
                      "inception_weights": options.inception_weights, "device": device.type,
                      "reranker": reranker.name},
         "vae": {"psnr": vae_metrics["psnr"], "codes_used": vae_metrics["codes_used"],

@@ -1,7 +1,7 @@
 """``python -m dalle_fast.generate``: images for a prompt from a trained run (docs/design.md#command-line).
 
     python -m dalle_fast.generate --run runs/NAME --prompt "a small red circle in the top left"
-        [--num 16] [--keep 4] [--out out.png] [--temperature 1.0] [--top-k K] [--seed 0]
+        [--num 16] [--keep 4] [--out out.png] [--temperature T] [--top-k K] [--seed 0]
         [--prime IMAGE --prime-rows R] [--batch-size 64] [--clip run|open_clip:MODEL --clip-weights FILE]
 
 Samples ``--num`` images (a progress bar per batch), decodes them with the run's dVAE, reranks
@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num", type=positive_int, default=16, help="images to sample (default: 16)")
     parser.add_argument("--keep", type=positive_int, default=4, help="CLIP-best images to keep (default: 4)")
     parser.add_argument("--out", type=Path, default=Path("out.png"), help="the PNG to write (default: out.png)")
-    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0: greedy)")
+    parser.add_argument("--temperature", type=float, help="sampling temperature, 0: greedy (default: the run's "
+                                                          "transformer.sample_temperature)")
     parser.add_argument("--top-k", type=int, help="sample among the k likeliest image codes "
                                                   "(default: a quarter of the codebook, as the training grids)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampling (default: 0)")

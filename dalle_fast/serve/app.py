@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from ..errors import UsageError
-from ..sampling import default_top_k
+from ..sampling import default_temperature, default_top_k
 from .studio import Generated, Studio
 
 QUEUE_SIZE = 32  # requests waiting at most; more are refused with a message until the queue drains
@@ -73,8 +73,8 @@ def build_app(studio: Studio) -> gr.Blocks:
                     keep = gr.Number(label="Keep (--keep)", value=4, precision=0, elem_id="keep",
                                      info="CLIP-best images shown")
                 with gr.Row():
-                    temperature = gr.Number(label="Temperature (--temperature)", value=1.0, step=0.1,
-                                            elem_id="temperature", info="0 is greedy")
+                    temperature = gr.Number(label="Temperature (--temperature)", value=default_temperature(config),
+                                            step=0.1, elem_id="temperature", info="0 is greedy")
                     top_k = gr.Number(label="Top-k (--top-k)", value=default_top_k(config), precision=0,
                                       elem_id="top_k", info=f"of the {config.image_vocab} codes")
                     seed = gr.Number(label="Seed (--seed)", value=0, precision=0, elem_id="seed")

@@ -63,11 +63,11 @@ def form_request(prompt: object, num: object, keep: object, temperature: object,
     return request
 
 
-def command_line(run_dir: Path, request: GenerationRequest, top_k: int) -> str:
+def command_line(run_dir: Path, request: GenerationRequest, temperature: float, top_k: int) -> str:
     """The ``python -m dalle_fast.generate`` command that gives the same images as ``request``
-    (``IMAGE`` stands for the uploaded priming image)."""
+    sampled at ``temperature`` among ``top_k`` codes (``IMAGE`` stands for the uploaded priming image)."""
     words = ["python", "-m", "dalle_fast.generate", "--run", str(run_dir), "--prompt", request.prompt,
-             "--num", str(request.num), "--keep", str(request.keep), "--temperature", f"{request.temperature:g}",
+             "--num", str(request.num), "--keep", str(request.keep), "--temperature", f"{temperature:g}",
              "--top-k", str(top_k), "--seed", str(request.seed)]
     primed = [] if request.prime is None else ["--prime", "IMAGE", "--prime-rows", str(request.prime_rows)]
     return shlex.join(words + primed)
@@ -145,8 +145,9 @@ class Studio:
         grid_png = self._write_grid(result.images, request)
         kept = "the CLIP-best" if pipeline.reranker is not None else \
             "without a CLIP to rerank with (the run has no clip stage), the first"
+        same = command_line(self.run_dir, request, request.temperature_for(pipeline), request.top_k_for(pipeline))
         summary = (f"Kept {kept} {request.keep} of {request.num} samples in {time.perf_counter() - start:.1f} s; "
-                   f"the same images as `{command_line(self.run_dir, request, request.top_k_for(pipeline))}`")
+                   f"the same images as `{same}`")
         return Generated(result.images, result.scores, grid_png, summary)
 
     def _write_grid(self, images: torch.Tensor, request: GenerationRequest) -> Path:

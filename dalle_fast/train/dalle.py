@@ -36,7 +36,7 @@ from ..grid import save_grid
 from ..metrics import attribute_agreement
 from ..model import DALLE, DALLEOutput
 from ..run import autocast, load_tokenizer, load_vae, pick_device
-from ..sampling import default_top_k, sample_image_tokens
+from ..sampling import default_temperature, default_top_k, sample_image_tokens
 from ..tokenizer import CaptionTokenizer
 from ..validation import transformer_losses
 from .loop import StageTrainer
@@ -124,7 +124,8 @@ class DALLETrainer(StageTrainer):
         generator = torch.Generator(self.device).manual_seed(self.config.train.seed)
         top_k = default_top_k(self.config)
         with self.precision():
-            tokens = sample_image_tokens(model, text.to(self.device), top_k=top_k, generator=generator)
+            tokens = sample_image_tokens(model, text.to(self.device), temperature=default_temperature(self.config),
+                                         top_k=top_k, generator=generator)
             images = self.vae.decode(tokens.view(-1, side, side)).float().cpu()
         samples = images.view(len(prompts.indices), SAMPLES_PER_PROMPT, *images.shape[1:])
         rows = [torch.cat([self.images[i][0][None], row]) for i, row in zip(prompts.indices, samples, strict=True)]
