@@ -403,12 +403,14 @@ def test_evaluation_prompts_seen_and_held_out_names_and_retrieves_among_every_gl
 
     monkeypatch.setenv("DALLE_FAST_CACHE", str(cache_root))
     config = emoji_config()
+    config = dataclasses.replace(config, transformer=dataclasses.replace(config.transformer, sample_temperature=0.7))
     run = tmp_path / "run"
     make_random_run(config, run)
     pool = eval_data(config, "val").pool
     by_caption = {pool.captions[i][0]: pool.gallery_index[i] for i in range(len(pool.captions))}
 
-    def fake_generate(pipe, captions, samples, options, top_k):
+    def fake_generate(pipe, captions, samples, options, temperature, top_k):
+        assert temperature == 0.7  # no --temperature: the run's transformer.sample_temperature
         images = torch.ones(len(captions), 3, 3, SIZE, SIZE)
         for p, caption in enumerate(captions):
             images[p, 1] = data.dataset[by_caption[caption]][0]
