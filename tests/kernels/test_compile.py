@@ -1,6 +1,7 @@
 """Every kernel variant compiled by Triton's own compiler for sm_90 and sm_80 with no GPU present
 (``benchmarks/compile_report.py --subset ci``), and the check itself: a kernel that does not compile,
-one that spills registers, and shared memory over a target's limit are reported as failures.
+one that spills registers (kilobytes outside any loop, or inside its loop), and shared memory over a
+target's limit are reported as failures; a few spilled words outside loops are not.
 
 The kernels' other tests run through Triton's interpreter on a CPU, which accepts code that the
 compiler rejects (the broken kernel below is one); this file is what catches that before a GPU does.
@@ -61,6 +62,16 @@ def _spilling_kernel(x_ptr, out_ptr, BLOCK: tl.constexpr):
     tl.store(out_ptr + offs, x - tl.sum(x, 0))
 
 
+def _loop_spilling_kernel(x_ptr, out_ptr, BLOCK: tl.constexpr):
+    # The same BLOCK floats carried through a loop of a run-time trip count: the loop body reloads
+    # what did not fit in registers on every iteration.
+    offs = tl.arange(0, BLOCK)
+    x = tl.load(x_ptr + offs)
+    for _ in range(tl.load(x_ptr).to(tl.int32)):
+        x = x * 0.5 + tl.sum(x, 0)
+    tl.store(out_ptr + offs, x)
+
+
 def meta(*shape, dtype=torch.float32) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype, device="meta")
 
@@ -82,6 +93,16 @@ def test_register_spills_fail_a_hot_kernel_only():
     found = cross_compile.problems(result, hot=frozenset({"_spilling_kernel"}))
     assert len(found) == 1 and "spills registers" in found[0], found
     assert cross_compile.problems(result, hot=frozenset({"_spilling_kernel"}), allowed_spill=lambda r: True) == []
+
+
+def test_a_spill_inside_a_loop_is_counted_there_and_fails_a_hot_kernel():
+    result = compile_once("_loop_spilling_kernel", 90, "float32", 16384, 1)
+    assert result.error is None, result.error
+    assert result.loops >= 1 and result.loop_spills > 0, result
+    found = cross_compile.problems(result, hot=frozenset({"_loop_spilling_kernel"}))
+    assert len(found) == 1 and "inside a loop" in found[0], found
+    straight = compile_once("_spilling_kernel", 90, "float32", 16384, 1)  # no loop: its spills lie outside any
+    assert straight.loops == 0 and straight.loop_spills == 0 and straight.spill_stores > cross_compile.SPILL_BUDGET
 
 
 def test_a_kernel_that_fits_passes_and_reports_its_resources():
