@@ -327,7 +327,7 @@ class KnownSpill:
 
     def covers(self, result: cross_compile.Result) -> bool:
         return (result.kernel in self.kernels and result.arch in self.archs
-                and result.spill_stores + result.spill_loads <= self.up_to
+                and cross_compile.spill_bytes(result) <= self.up_to
                 and bool(re.search(self.pattern, result.variant)))
 
 
@@ -450,7 +450,7 @@ def markdown(results: list[cross_compile.Result], arch: int, subset: str, failur
         for rule in KNOWN_SPILLS:
             hits = [r for r in known if known_spill(r) is rule]
             if hits:
-                worst = max(hits, key=lambda r: r.spill_stores + r.spill_loads)
+                worst = max(hits, key=cross_compile.spill_bytes)
                 lines.append(f"- {', '.join(f'`{k}`' for k in rule.kernels)} (`{rule.pattern}`): {len(hits)} variants, "
                              f"up to {worst.spill_stores}/{worst.spill_loads} bytes: {rule.reason}.")
     lines += ["", "## Per kernel", "",
@@ -465,7 +465,7 @@ def markdown(results: list[cross_compile.Result], arch: int, subset: str, failur
         loops = [r.loop_instructions for r in group if r.loop_instructions is not None]
         mma = sorted({m.split(" x")[0] for r in group for m in r.mma.split("  ") if m} or {""})
         lines.append(f"| `{kernel}` | {'yes' if kernel in hot else ''} | {len(group)} | "
-                     f"{max(r.registers for r in group)} | {max(r.spill_stores + r.spill_loads for r in group)} | "
+                     f"{max(r.registers for r in group)} | {max(map(cross_compile.spill_bytes, group))} | "
                      f"{max(r.loop_spills for r in group)} | "
                      f"{max(r.shared for r in group)} | {f'{min(loops)}-{max(loops)}' if loops else ''} | "
                      f"{', '.join(m for m in mma if m)} |")

@@ -10,7 +10,8 @@ target=GPUTarget("cuda", arch, 32))``, i.e. the whole pipeline down to ptxas (sh
 Triton's wheel), and reads the cubin back with the wheel's ``cuobjdump``: registers, stack frame,
 static shared memory (``-res-usage``) and the SASS, from which it counts local-memory traffic
 (``STL`` / ``LDL``: register spills, and how much of it lies inside a loop), the instructions of
-the main loop and the tensor-core instructions. Works with Triton 3.3 to 3.9 (the binder's API changed between them).
+the main loop and the tensor-core instructions. Works with Triton 3.3 to 3.9 (the binder's API
+changed between them).
 
 :func:`problems` is the check: a compile error, or shared memory over the target's limit, fails any
 kernel (it could not launch); costly spills fail the hot kernels (``HOT_KERNELS``): any local-memory
@@ -261,6 +262,7 @@ def parse_sass(sass: str) -> dict:
         if mnemonic.startswith(MMA_PREFIXES):
             kind = mnemonic.split(".")[0]
             kinds[kind] = kinds.get(kind, 0) + 1
+
     def in_a_loop(address):
         return any(start <= address <= end for start, end in loops)
 
@@ -325,11 +327,16 @@ def spills(result: Result) -> bool:
     return bool(result.spill_stores or result.spill_loads)
 
 
+def spill_bytes(result: Result) -> int:
+    """Local-memory bytes per thread, stores + loads (0 for a variant that did not compile)."""
+    return (result.spill_stores or 0) + (result.spill_loads or 0)
+
+
 def costly_spill(result: Result) -> str | None:
     """Why ``result``'s spills cost more than a few words once per program, or None."""
     if result.loop_spills:
         return f"{result.loop_spills} bytes of it inside a loop"
-    if (result.spill_stores or 0) + (result.spill_loads or 0) > SPILL_BUDGET:
+    if spill_bytes(result) > SPILL_BUDGET:
         return f"outside loops, over the budget of {SPILL_BUDGET}"
     return None
 

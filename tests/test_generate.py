@@ -2,6 +2,7 @@
 initialised tiny models (written as the training stages write them; nothing is trained here)."""
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 import subprocess
@@ -213,7 +214,6 @@ def test_generate_rejects_keep_out_of_range(pipeline):
 
 
 def test_without_temperature_generate_samples_at_the_runs_sample_temperature(run_dir, tmp_path):
-    import dataclasses
     config = preset("tiny")
     config = dataclasses.replace(config, transformer=dataclasses.replace(config.transformer, sample_temperature=0.0))
     run = tmp_path / "run"

@@ -11,7 +11,6 @@ consistent.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -302,8 +301,7 @@ class TransformerConfig(Section):
         self._require("conv_kernel", self.conv_kernel >= 1 and self.conv_kernel % 2 == 1, "odd and >= 1")
         self._require("dropout", 0 <= self.dropout < 1, "in [0, 1)")
         self._require("bpe_dropout", 0 <= self.bpe_dropout < 1, "in [0, 1)")
-        self._require("sample_temperature", math.isfinite(self.sample_temperature) and self.sample_temperature >= 0,
-                      "a finite number >= 0 (0: greedy)")
+        self._require("sample_temperature", self.sample_temperature >= 0, ">= 0 (0: greedy)")
 
     @property
     def d_model(self) -> int:
